@@ -1,0 +1,191 @@
+"""The `deepnotes` command: list, run, report, bench."""
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__
+
+__all__ = ["main", "build_parser"]
+
+VERDICT_STYLES = {
+    "reproduced": "bold green",
+    "partial": "bold yellow",
+    "not reproduced": "bold red",
+    "error": "bold magenta",
+    "not implemented": "dim",
+}
+
+
+class UsageError(Exception):
+    """A mistake in the command line: message to stderr, exit 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepnotes", description="Twelve deep-learning notes, implemented, "
+                                     "tested, benchmarked and reproduced.")
+    parser.add_argument("--version", action="version", version=f"deepnotes {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="the twelve notes, their claims and status")
+
+    run = sub.add_parser("run", help="run experiments and write results.json + report.html")
+    run.add_argument("notes", nargs="*", metavar="NOTE", help="note slugs (default: all)")
+    run.add_argument("--scale", choices=["quick", "full"], default="quick")
+    run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    run.add_argument("--quiet", action="store_true", help="no progress display")
+
+    report = sub.add_parser("report", help="rebuild report.html from DIR/results.json")
+    report.add_argument("dir", type=Path)
+
+    bench = sub.add_parser("bench", help="peer benchmarks from benchmarks/")
+    bench.add_argument("names", nargs="*", metavar="NAME")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
+    bench.add_argument("--out", type=Path, default=None, help="folder for NAME.json (default: benchmarks/results)")
+    return parser
+
+
+def _cmd_list(args, console: Console) -> int:
+    from .experiments import NOTES, REGISTRY
+
+    table = Table(title="deepnotes: the twelve notes")
+    for col in ("#", "slug", "status"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("title", ratio=1)
+    table.add_column("claim", ratio=3)
+    for note in NOTES:
+        status = "implemented" if note.slug in REGISTRY else "not yet"
+        table.add_row(str(note.number), note.slug,
+                      f"[green]{status}[/]" if note.slug in REGISTRY else f"[dim]{status}[/]", note.title, note.claim)
+    console.print(table)
+    return 0
+
+
+class _RichCallbacks:
+    """Overall bar plus one bar per experiment."""
+
+    def __init__(self, bar: Progress, total: int):
+        self.bar = bar
+        self.overall = bar.add_task("all experiments", total=max(total, 1))
+        self.current = None
+
+    def start(self, slug, index, total):
+        self.current = self.bar.add_task(slug, total=1.0)
+
+    def progress(self, slug, fraction, message):
+        if self.current is not None:
+            self.bar.update(self.current, completed=min(max(fraction, 0.0), 1.0),
+                            description=f"{slug}: {message}" if message else slug)
+
+    def done(self, slug, note):
+        if self.current is not None:
+            self.bar.update(self.current, completed=1.0, description=f"{slug}: {note['verdict']}")
+        self.bar.advance(self.overall)
+
+
+def _summary_table(doc: dict) -> Table:
+    from .report.html import format_number, key_numbers
+
+    table = Table(title="deepnotes run summary")
+    table.add_column("note", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("key numbers (measured op threshold)", ratio=1)
+    table.add_column("seconds", no_wrap=True, justify="right")
+    for n in doc["notes"]:
+        style = VERDICT_STYLES.get(n["verdict"], "")
+        table.add_row(n["slug"], f"[{style}]{n['verdict']}[/]", key_numbers(n), format_number(n["seconds"]))
+    return table
+
+
+def _cmd_run(args, console: Console) -> int:
+    from .experiments import NOTES_BY_SLUG, REGISTRY
+    from .experiments.runner import run_notes
+    from .report import write_report, write_results
+
+    unknown = [s for s in args.notes if s not in NOTES_BY_SLUG]
+    if unknown:
+        raise UsageError(f"unknown note(s): {', '.join(unknown)}\nvalid notes: {', '.join(NOTES_BY_SLUG)}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device is available here; use --device cpu")
+    out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    slugs = args.notes or None
+    n_runnable = len([s for s in (slugs or NOTES_BY_SLUG) if s in REGISTRY])
+
+    show_progress = not args.quiet and console.is_terminal
+    if show_progress:
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                            TimeElapsedColumn(), console=console, transient=False)
+        callbacks = _RichCallbacks(progress, n_runnable)
+        with progress:
+            doc = run_notes(slugs, registry=REGISTRY, scale=args.scale, seed=args.seed, device=args.device,
+                            out_dir=out, callbacks=callbacks)
+    else:
+        doc = run_notes(slugs, registry=REGISTRY, scale=args.scale, seed=args.seed, device=args.device, out_dir=out)
+    write_results(doc, out)
+    report = write_report(doc, out)
+    console.print(_summary_table(doc))
+    console.print(f"results: {out / 'results.json'}\nreport:  {report}")
+    return 1 if any(n["status"] == "error" for n in doc["notes"]) else 0
+
+
+def _cmd_report(args, console: Console) -> int:
+    from .report import load_results, write_report
+
+    if not (args.dir / "results.json").is_file():
+        raise UsageError(f"report: no results.json in {args.dir}")
+    try:
+        doc = load_results(args.dir)
+    except ValueError as err:
+        raise UsageError(f"report: {err}") from None
+    console.print(f"report: {write_report(doc, args.dir)}")
+    return 0
+
+
+def _cmd_bench(args, console: Console) -> int:
+    from .bench import BENCHMARKS, run_benchmark
+
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        raise UsageError(f"unknown benchmark(s): {', '.join(unknown)}\nvalid benchmarks: "
+                         f"{', '.join(BENCHMARKS) or '(none registered)'}")
+    names = args.names or list(BENCHMARKS)
+    if not names:
+        console.print("no benchmarks are registered yet")
+        return 0
+    failed = 0
+    for name in names:
+        console.rule(f"benchmark {name}")
+        out = args.out / f"{name}.json" if args.out else None
+        failed += run_benchmark(name, quick=args.quick, out=out) != 0
+    return 1 if failed else 0
+
+
+COMMANDS = {"list": _cmd_list, "run": _cmd_run, "report": _cmd_report, "bench": _cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        return COMMANDS[args.command](args, console)
+    except UsageError as err:
+        Console(stderr=True).print(f"[red]deepnotes {args.command}:[/] {err}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

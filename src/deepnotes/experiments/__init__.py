@@ -1,0 +1,29 @@
+"""Experiments: one per note, each measuring its note's claim.
+
+REGISTRY is a plain dict filled by the explicit imports below; a note whose
+experiment is not written yet is simply absent (see catalogue.NOTES).
+"""
+from __future__ import annotations
+
+from .base import Check, Context, Experiment, Figure, Result, Table, compute_verdict, seed_everything
+from .catalogue import NOTES, NOTES_BY_SLUG, Note
+from .stochastic_approximation import StochasticApproximation
+
+__all__ = [
+    "REGISTRY",
+    "NOTES",
+    "NOTES_BY_SLUG",
+    "Note",
+    "Check",
+    "Context",
+    "Experiment",
+    "Figure",
+    "Result",
+    "Table",
+    "compute_verdict",
+    "seed_everything",
+]
+
+REGISTRY: dict[str, Experiment] = {
+    StochasticApproximation.slug: StochasticApproximation(),
+}

@@ -1,0 +1,167 @@
+"""What an experiment is, what it is given, and what it returns.
+
+An experiment measures its note's claim. Each part of the claim becomes a
+`Check`: a measured value compared with a stated threshold. The verdict is
+computed from the checks alone: all pass -> reproduced, none -> not reproduced,
+some -> partial. Nobody writes a verdict by hand.
+"""
+from __future__ import annotations
+
+import math
+import operator
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+__all__ = [
+    "VERDICTS",
+    "Check",
+    "Figure",
+    "Table",
+    "Result",
+    "Context",
+    "Experiment",
+    "seed_everything",
+    "compute_verdict",
+]
+
+VERDICTS = ("reproduced", "not reproduced", "partial")
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    "<": operator.lt,
+    ">=": operator.ge,
+    ">": operator.gt,
+}
+
+
+@dataclass
+class Check:
+    """One measurable part of a claim: ``value op threshold``."""
+
+    name: str  # what is claimed, in words
+    value: float  # what was measured
+    op: str  # one of <=, <, >=, >
+    threshold: float  # the bound the claim sets
+    passed: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.op not in _OPS:
+            raise ValueError(f"Check op must be one of {sorted(_OPS)}, got {self.op!r}")
+        self.value = float(self.value)
+        self.threshold = float(self.threshold)
+        # NaN never passes: a measurement that failed is not a reproduction.
+        self.passed = bool(math.isfinite(self.value) and _OPS[self.op](self.value, self.threshold))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value if math.isfinite(self.value) else None,
+            "op": self.op,
+            "threshold": self.threshold,
+            "passed": self.passed,
+        }
+
+
+@dataclass
+class Figure:
+    name: str  # file stem, unique within the experiment
+    path: str  # relative to the run's output folder, e.g. figures/slug-name.png
+    caption: str = ""
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+def compute_verdict(checks: list[Check]) -> str:
+    if not checks:
+        raise ValueError("a verdict needs at least one check")
+    n_passed = sum(check.passed for check in checks)
+    if n_passed == len(checks):
+        return "reproduced"
+    if n_passed == 0:
+        return "not reproduced"
+    return "partial"
+
+
+@dataclass
+class Result:
+    """What ``run(ctx)`` returns."""
+
+    metrics: dict[str, float]
+    checks: list[Check]
+    figures: list[Figure] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    summary: str = ""  # one or two sentences for the report, about what was measured
+
+    @property
+    def verdict(self) -> str:
+        return compute_verdict(self.checks)
+
+    @property
+    def thresholds(self) -> dict[str, dict[str, Any]]:
+        return {c.name: {"op": c.op, "threshold": c.threshold} for c in self.checks}
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds python, numpy and torch from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Context:
+    """Everything an experiment may use from the runner."""
+
+    slug: str
+    scale: str  # "quick" | "full"
+    seed: int
+    device: str  # "cpu" | "cuda"
+    out_dir: Path  # the run's output folder
+    progress: Callable[[float, str], None] = lambda fraction, message="": None
+    figures: list[Figure] = field(default_factory=list)
+
+    @property
+    def quick(self) -> bool:
+        return self.scale == "quick"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.out_dir / "figures"
+
+    def pick(self, quick: Any, full: Any) -> Any:
+        """The value for the current scale."""
+        return quick if self.quick else full
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A fresh torch.Generator seeded from the run's seed (+ offset)."""
+        return torch.Generator().manual_seed(self.seed + offset)
+
+    def save_figure(self, fig, name: str, caption: str = "") -> Figure:
+        """Saves a matplotlib figure as figures/<slug>-<name>.png and closes it."""
+        import matplotlib.pyplot as plt
+
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        rel = f"figures/{self.slug}-{name}.png"
+        fig.savefig(self.out_dir / rel, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        figure = Figure(name=name, path=rel, caption=caption)
+        self.figures.append(figure)
+        return figure
+
+
+class Experiment(Protocol):
+    slug: str
+    title: str
+    claim: str
+
+    def run(self, ctx: Context) -> Result: ...

@@ -1,0 +1,5 @@
+"""Optimisers and stochastic approximation."""
+from . import sa
+from .sa import kiefer_wolfowitz, polyak_average, robbins_monro, running_mean, spsa
+
+__all__ = ["sa", "running_mean", "robbins_monro", "kiefer_wolfowitz", "spsa", "polyak_average"]

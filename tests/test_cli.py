@@ -1,0 +1,134 @@
+"""The deepnotes command end to end: list, run, report, bench and its errors."""
+import json
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from deepnotes import cli
+from deepnotes.experiments import NOTES, REGISTRY, Check, Result
+from deepnotes.report import load_results
+
+
+@pytest.fixture(scope="module")
+def sa_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    code = cli.main(["run", "stochastic-approximation", "--out", str(out), "--quiet"])
+    return code, out
+
+
+def test_list_shows_all_twelve_notes_with_status(capsys):
+    assert cli.main(["list"]) == 0
+    text = capsys.readouterr().out
+    for note in NOTES:
+        assert note.slug in text
+    assert "implemented" in text and "not yet" in text
+
+
+def test_run_stochastic_approximation_writes_results_report_and_figures(sa_run):
+    code, out = sa_run
+    assert code == 0
+    doc = load_results(out)  # validates against the schema
+    (note,) = doc["notes"]
+    assert note["slug"] == "stochastic-approximation" and note["status"] == "ok"
+    assert note["verdict"] in ("reproduced", "partial", "not reproduced")
+    assert len(note["checks"]) >= 6 and note["thresholds"]
+    assert len(note["figures"]) >= 4
+    for fig in note["figures"]:
+        assert (out / fig["path"]).stat().st_size > 1000
+    html = (out / "report.html").read_text()
+    assert note["verdict"] in html and "data:image/png;base64," in html
+    assert "<link" not in html and "<script src" not in html  # self-contained
+    assert doc["environment"]["torch"] == torch.__version__
+
+
+def test_report_rebuilds_html_from_results(sa_run, capsys):
+    _, out = sa_run
+    before = (out / "report.html").read_text()
+    (out / "report.html").unlink()
+    assert cli.main(["report", str(out)]) == 0
+    assert (out / "report.html").read_text() == before
+
+
+def test_report_on_missing_folder_exits_2(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path / "nope")]) == 2
+    assert "no results.json" in capsys.readouterr().err
+
+
+def test_unknown_note_exits_2_with_valid_slugs_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "deepnotes.cli", "run", "no-such-note", "--out", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "no-such-note" in proc.stderr and "stochastic-approximation" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_not_implemented_note_is_listed_not_faked(tmp_path, monkeypatch):
+    monkeypatch.delitem(REGISTRY, "medusa", raising=False)
+    assert cli.main(["run", "medusa", "--out", str(tmp_path), "--quiet"]) == 0
+    (note,) = load_results(tmp_path)["notes"]
+    assert note["status"] == "not implemented" and note["verdict"] == "not implemented"
+    assert note["checks"] == [] and note["metrics"] == {}
+
+
+class Raises:
+    slug, title, claim = "adamw", "raises", "it raises"
+
+    def run(self, ctx):
+        ctx.progress(0.5, "about to fail")
+        raise RuntimeError("boom in the middle")
+
+
+class DrawsFromGlobalRngs:
+    slug, title, claim = "medusa", "draws", "draws from every global RNG"
+
+    def run(self, ctx):
+        value = random.random() + float(np.random.rand()) + float(torch.rand(()))
+        return Result(metrics={"value": value}, checks=[Check("value is finite", value, "<", 10)])
+
+
+def test_an_experiment_that_raises_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    monkeypatch.setitem(REGISTRY, "adamw", Raises())
+    monkeypatch.setitem(REGISTRY, "medusa", DrawsFromGlobalRngs())
+    assert cli.main(["run", "adamw", "medusa", "--out", str(tmp_path), "--quiet"]) == 1
+    notes = {n["slug"]: n for n in load_results(tmp_path)["notes"]}
+    assert notes["adamw"]["status"] == "error" and notes["adamw"]["verdict"] == "error"
+    assert "boom in the middle" in notes["adamw"]["error"]
+    assert notes["medusa"]["verdict"] == "reproduced"
+    assert "boom in the middle" in (tmp_path / "report.html").read_text()
+
+
+def test_same_seed_gives_same_metrics_and_another_seed_differs(tmp_path, monkeypatch):
+    monkeypatch.setitem(REGISTRY, "medusa", DrawsFromGlobalRngs())
+    values = []
+    for i, seed in enumerate([3, 3, 4]):
+        out = tmp_path / str(i)
+        assert cli.main(["run", "medusa", "--out", str(out), "--seed", str(seed), "--quiet"]) == 0
+        values.append(load_results(out)["notes"][0]["metrics"]["value"])
+    assert values[0] == values[1] != values[2]
+
+
+def test_cuda_without_a_gpu_is_a_usage_error(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert cli.main(["run", "stochastic-approximation", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "--device cuda" in capsys.readouterr().err
+
+
+def test_bench_unknown_name_exits_2(capsys):
+    assert cli.main(["bench", "no-such-bench"]) == 2
+    assert "valid benchmarks" in capsys.readouterr().err
+
+
+def test_bench_sa_quick_writes_json_with_ratios(tmp_path):
+    assert cli.main(["bench", "sa", "--quick", "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "sa.json").read_text())
+    assert payload["benchmark"] == "sa"
+    assert payload["speed_ratio_ours_over_peer"] > 0
+    # Both are prefix means of values near 1000: float32 rounding, nothing worse.
+    for method in ("running_mean", "cumsum_mean"):
+        assert 0 <= payload["max_abs_error"][method] < 1e-2
