@@ -1,0 +1,230 @@
+"""fit(): accumulation, EMA, exact resume, checkpoints, precision and its failures."""
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from deepnotes.train import EMA, CheckpointError, FitConfig, NonFiniteLossError, fit, load_checkpoint, save_checkpoint
+from deepnotes.train.checkpoint import flatten_state, unflatten_state
+
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location("train_script", Path(__file__).with_name("train_script.py"))
+script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(script)
+
+
+def run(steps, dropout=0.1, **kw):
+    model = script.make_model(dropout)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    res = fit(model, opt, script.make_data(), script.mse(0), max_steps=steps, batch_size=16, progress=False, **kw)
+    return model, opt, res
+
+
+def flat(model):
+    return torch.cat([p.detach().flatten() for p in model.state_dict().values()])
+
+
+def test_training_lowers_the_loss_and_counts_steps():
+    _, _, res = run(60)
+    assert res.step == 60 and len(res.losses) == 60
+    assert sum(res.losses[-10:]) / 10 < 0.5 * sum(res.losses[:10]) / 10
+
+
+def test_max_epochs_sets_the_step_count():
+    _, _, res = run(None, max_epochs=2)
+    assert res.step == 2 * (256 // 16)
+
+
+def test_accumulation_equals_one_big_batch():
+    m1 = script.make_model(0.0)
+    fit(m1, torch.optim.SGD(m1.parameters(), lr=0.1), script.make_data(), script.mse(0), max_steps=10,
+        batch_size=32, progress=False)
+    m2 = script.make_model(0.0)
+    fit(m2, torch.optim.SGD(m2.parameters(), lr=0.1), script.make_data(), script.mse(0), max_steps=10,
+        batch_size=8, accumulate=4, progress=False)
+    torch.testing.assert_close(flat(m1), flat(m2), rtol=1e-5, atol=1e-6)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    full, _, _ = run(30, ema=None, schedule=lambda s: 1 - s / 30)
+    # Stop at 12 (the checkpoint written at the end), then resume to 30 in a new model.
+    run(12, checkpoint_dir=tmp_path, checkpoint_every=5, schedule=lambda s: 1 - s / 30)
+    resumed, _, res = run(30, checkpoint_dir=tmp_path, checkpoint_every=5, schedule=lambda s: 1 - s / 30)
+    assert res.resumed_from == 12 and res.step == 30 and len(res.losses) == 18
+    assert torch.equal(flat(full), flat(resumed))  # dropout RNG, data order, Adam state all restored
+
+
+def test_resume_restores_ema_and_truncates_the_metrics_log(tmp_path):
+    def go(steps):
+        model = script.make_model()
+        ema = EMA(model, decay=0.9)
+        fit(model, torch.optim.AdamW(model.parameters(), lr=1e-2), script.make_data(), script.mse(0),
+            max_steps=steps, batch_size=16, ema=ema, checkpoint_dir=tmp_path / "ck", checkpoint_every=4,
+            metrics_path=tmp_path / "m.jsonl", log_every=1, progress=False)
+        return ema
+
+    straight = EMA(script.make_model(), decay=0.9)
+    m = script.make_model()
+    fit(m, torch.optim.AdamW(m.parameters(), lr=1e-2), script.make_data(), script.mse(0), max_steps=20,
+        batch_size=16, ema=straight, progress=False)
+    go(8)
+    # Pretend the process died after step 8 had logged steps 9-10 but not checkpointed them.
+    with (tmp_path / "m.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 9, "loss": 0.0}) + "\n" + json.dumps({"step": 10, "loss": 0.0}) + "\n")
+    ema = go(20)
+    for k in straight.shadow:
+        assert torch.equal(straight.shadow[k], ema.shadow[k]), k
+    steps = [json.loads(line)["step"] for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 21))
+
+
+def test_resume_with_a_different_batch_size_is_refused(tmp_path):
+    run(5, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="batch_size: checkpoint 16 vs now 8"):
+        model = script.make_model()
+        fit(model, torch.optim.AdamW(model.parameters()), script.make_data(), script.mse(0), max_steps=10,
+            batch_size=8, checkpoint_dir=tmp_path, progress=False)
+
+
+def test_truncated_checkpoint_gives_a_clear_error(tmp_path):
+    run(5, checkpoint_dir=tmp_path)
+    path = tmp_path / "last.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        run(10, checkpoint_dir=tmp_path)
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(path)
+
+
+def test_checkpoint_round_trips_nested_state(tmp_path):
+    state = {"a": torch.arange(3), "b": {0: {"m": torch.ones(2, 2)}, 1: [1, 2.5, None]}, "t": (1, "x"),
+             "f": float("inf")}
+    skeleton, tensors = flatten_state(state)
+    assert set(tensors) == {"a", "b/0/m"}
+    back = load_checkpoint(save_checkpoint(tmp_path / "c.safetensors", state))
+    assert torch.equal(back["a"], state["a"]) and torch.equal(back["b"][0]["m"], state["b"][0]["m"])
+    assert back["b"][1] == [1, 2.5, None] and back["t"] == (1, "x") and math.isinf(back["f"])
+    assert unflatten_state(skeleton, tensors)["t"] == (1, "x")
+    assert not list(tmp_path.glob(".c.safetensors.*"))  # atomic write left no temp file
+
+
+def test_optimizer_state_survives_a_checkpoint_into_torch_adamw(tmp_path):
+    model, opt, _ = run(5)
+    back = load_checkpoint(save_checkpoint(tmp_path / "o.safetensors", {"opt": opt.state_dict()}))
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    fresh.load_state_dict(back["opt"])
+    for p in model.parameters():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(opt.state[p][key], fresh.state[p][key])
+
+
+def test_nan_loss_in_fp32_stops_naming_the_step():
+    model = script.make_model()
+    calls = {"n": 0}
+
+    def loss_fn(model, batch):
+        calls["n"] += 1
+        loss = script.mse(0)(model, batch)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    with pytest.raises(NonFiniteLossError, match="at step 3"):
+        fit(model, torch.optim.AdamW(model.parameters()), script.make_data(), loss_fn, max_steps=10, batch_size=16,
+            progress=False)
+
+
+def test_nan_loss_in_fp16_skips_the_step_and_lowers_the_scale():
+    pytest.importorskip("deepnotes.amp")
+    from deepnotes.amp import DynamicLossScaler
+
+    model = script.make_model(0.0)
+    snapshots = []
+
+    def loss_fn(model, batch):
+        snapshots.append(flat(model).clone())
+        loss = script.mse(0)(model, batch)
+        return loss * float("nan") if len(snapshots) == 4 else loss
+
+    scaler = DynamicLossScaler(init_scale=2.0**10)
+    res = fit(model, torch.optim.AdamW(model.parameters(), lr=1e-3), script.make_data(), loss_fn, max_steps=6,
+              batch_size=16, precision="fp16", scaler=scaler, progress=False)
+    assert res.skipped_steps == 1
+    assert res.scale == 2.0**9
+    assert torch.equal(snapshots[3], snapshots[4])  # the NaN step changed nothing
+    assert not torch.equal(snapshots[2], snapshots[3])
+
+
+def test_bf16_training_tracks_fp32():
+    _, _, fp32 = run(40, dropout=0.0)
+    _, _, bf16 = run(40, dropout=0.0, precision="bf16")
+    assert abs(sum(bf16.losses[-5:]) / sum(fp32.losses[-5:]) - 1) < 0.1
+
+
+def test_grad_clip_bounds_the_update_and_reports_the_norm(tmp_path):
+    _, _, res = run(3, grad_clip=1e-3, metrics_path=tmp_path / "m.jsonl", log_every=1)
+    lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert all("grad_norm" in x and x["grad_norm"] > 1e-3 for x in lines)  # pre-clip norm is reported
+
+
+def test_eval_fn_runs_every_k_steps_in_eval_mode():
+    modes = []
+
+    def eval_fn(model):
+        modes.append(model.training)
+        return {"val": 1.0}
+
+    _, _, res = run(10, eval_fn=eval_fn, eval_every=4)
+    assert [e["step"] for e in res.evals] == [4, 8, 10]
+    assert modes == [False, False, False]
+
+
+def test_ema_warmup_decay_matches_its_formula():
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, decay=0.99)
+    want = 0.0
+    for n in range(5):
+        with torch.no_grad():
+            model.weight.fill_(float(n + 1))
+        d = min(0.99, (1 + n) / (10 + n))
+        want = d * want + (1 - d) * (n + 1)
+        ema.update(model)
+    assert ema.shadow["weight"].item() == pytest.approx(want, rel=1e-6)
+    with ema.average_parameters(model):
+        assert model.weight.item() == pytest.approx(want, rel=1e-6)
+    assert model.weight.item() == 5.0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"precision": "fp8"}, "precision"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"max_steps": None}, "max_steps or max_epochs"),
+    ({"grad_clip": -1.0}, "grad_clip"),
+    ({"learning_rate": 1.0}, "unknown arguments"),
+])
+def test_bad_configuration_is_rejected(kwargs, match):
+    model = script.make_model()
+    args = {"max_steps": 2, "batch_size": 4, **kwargs}
+    with pytest.raises((ValueError, TypeError), match=match):
+        fit(model, torch.optim.AdamW(model.parameters()), script.make_data(), script.mse(0), **args)
+
+
+def test_too_little_data_for_one_step_is_rejected():
+    model = script.make_model()
+    data = TensorDataset(torch.randn(4, 8), torch.randn(4, 1))
+    with pytest.raises(ValueError, match="too few for one step"):
+        fit(model, torch.optim.AdamW(model.parameters()), data, script.mse(0), max_steps=1, batch_size=8)
+
+
+def test_config_object_and_overrides_combine():
+    model = script.make_model()
+    res = fit(model, torch.optim.AdamW(model.parameters()), script.make_data(), script.mse(0),
+              config=FitConfig(batch_size=16, max_steps=100, progress=False), max_steps=3)
+    assert res.step == 3
