@@ -228,3 +228,21 @@ def test_config_object_and_overrides_combine():
     res = fit(model, torch.optim.AdamW(model.parameters()), script.make_data(), script.mse(0),
               config=FitConfig(batch_size=16, max_steps=100, progress=False), max_steps=3)
     assert res.step == 3
+
+
+def test_sigterm_is_only_intercepted_when_there_is_a_checkpoint_to_write(tmp_path):
+    import signal
+
+    seen = []
+
+    def loss_fn(model, batch):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        return script.mse(0)(model, batch)
+
+    before = signal.getsignal(signal.SIGTERM)
+    for ckpt in (None, tmp_path):
+        model = script.make_model()
+        fit(model, torch.optim.AdamW(model.parameters()), script.make_data(), loss_fn, max_steps=1, batch_size=16,
+            checkpoint_dir=ckpt, progress=False)
+    assert seen[0] is before and seen[1] is not before
+    assert signal.getsignal(signal.SIGTERM) is before  # restored

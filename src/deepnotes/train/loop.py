@@ -128,14 +128,17 @@ def _autocast(precision: str, device: str):
 
 
 class _StopFlag:
-    """Turns SIGTERM into 'checkpoint at the end of this step, then stop'."""
+    """With a checkpoint folder, SIGTERM means: finish this step, checkpoint, then
+    let the signal take its course (the previous handler, by default: exit).
+    Without one there is nothing to save, so SIGTERM is left alone."""
 
-    def __init__(self):
+    def __init__(self, active: bool):
+        self.active = active and threading.current_thread() is threading.main_thread()
         self.requested = False
         self._previous = None
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if self.active:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
@@ -143,8 +146,10 @@ class _StopFlag:
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
+        if self.active:
             signal.signal(signal.SIGTERM, self._previous)
+            if self.requested:
+                signal.raise_signal(signal.SIGTERM)  # the checkpoint is on disk: now stop as asked
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -276,7 +281,7 @@ def _fit(model, optimizer, data, loss_fn, cfg: FitConfig, eval_fn, ema, schedule
     params = [p for p in inner.parameters() if p.requires_grad]
     model.train()
     t0 = time.perf_counter()
-    with _StopFlag() as stop, bar:
+    with _StopFlag(active=ckpt_path is not None) as stop, bar:
         while result.step < total:
             epoch, first = divmod(result.step, steps_per_epoch)
             sampler.set_epoch(epoch)
@@ -350,10 +355,9 @@ def _step(model, optimizer, data, micro, loss_fn, cfg, scaler, schedule, params,
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
     skipped = False
     if scaler is not None:
-        before = float(scaler.get_scale())
         scaler.step(optimizer)
+        skipped = bool(scaler.last_step_skipped)
         scaler.update()
-        skipped = float(scaler.get_scale()) < before
     else:
         optimizer.step()
     return total / len(micro), grad_norm, skipped
