@@ -24,6 +24,8 @@ RESULTS_DIR = BENCH_DIR / "results"
 
 BENCHMARKS: dict[str, str] = {
     "sa": "sa.py",
+    "optim": "optim.py",
+    "amp": "amp.py",
 }
 
 

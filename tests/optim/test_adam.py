@@ -1,0 +1,363 @@
+"""Adam/AdamW against torch.optim and the reference values of references/fundamentals.md (a)."""
+import copy
+import inspect
+import math
+
+import pytest
+import torch
+
+import deepnotes.optim.adam as adam_module
+from deepnotes.optim import Adam, AdamW
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny tensors: OpenMP threads only add synchronisation (and thrash on a shared machine).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+PATHS = {"for-loop": False, "foreach": True}
+PAIRS = {"Adam": (Adam, torch.optim.Adam), "AdamW": (AdamW, torch.optim.AdamW)}
+# torch's test_foreach_matches_forloop inputs for Adam.
+CONFIGS = {
+    "default": {},
+    "lr-0.01": dict(lr=0.01),
+    "wd-0.1": dict(weight_decay=0.1),
+    "wd-maximize": dict(weight_decay=0.1, maximize=True),
+    "wd-amsgrad": dict(weight_decay=0.1, amsgrad=True),
+}
+
+
+def one_scalar_run(cls, grads, theta0=1.0, **kw):
+    """θ after each step of `cls` on one float64 scalar fed the given gradients."""
+    theta = torch.nn.Parameter(torch.tensor(theta0, dtype=F64))
+    opt = cls([theta], **kw)
+    out = []
+    for g in grads:
+        theta.grad = torch.tensor(g, dtype=F64)
+        opt.step()
+        out.append(theta.item())
+    return out
+
+
+# --- references (a), checks 1-5 ------------------------------------------------------------
+
+@pytest.mark.parametrize("foreach", PATHS.values(), ids=PATHS.keys())
+def test_check_1_one_step_values(foreach):
+    kw = dict(lr=0.1, foreach=foreach)
+    assert one_scalar_run(Adam, [0.5], weight_decay=0.1, **kw)[0] == pytest.approx(0.9000000016666666, abs=1e-12)
+    assert one_scalar_run(AdamW, [0.5], weight_decay=0.1, **kw)[0] == pytest.approx(0.890000002, abs=1e-12)
+    assert one_scalar_run(Adam, [0.5], **kw)[0] == pytest.approx(0.900000002, abs=1e-12)
+    assert one_scalar_run(AdamW, [0.5], weight_decay=0.0, **kw)[0] == pytest.approx(0.900000002, abs=1e-12)
+    # torch agrees (the values above are re-derived by hand; this confirms them against torch).
+    assert one_scalar_run(torch.optim.Adam, [0.5], lr=0.1, weight_decay=0.1)[0] == \
+        pytest.approx(0.9000000016666666, abs=1e-12)
+
+
+@pytest.mark.parametrize("foreach", PATHS.values(), ids=PATHS.keys())
+def test_check_2_hundred_zero_gradient_steps_are_pure_decay(foreach):
+    got = one_scalar_run(AdamW, [0.0] * 100, lr=1e-3, weight_decay=1e-2, foreach=foreach)[-1]
+    assert got == pytest.approx((1 - 1e-5) ** 100, abs=1e-12)
+    assert got == pytest.approx(0.9990004948383437, abs=1e-12)
+    # Adam's L2 goes through m and v: with g = 0 the parameter still moves, by lr-sized steps.
+    assert one_scalar_run(Adam, [0.0], lr=1e-3, weight_decay=1e-2, foreach=foreach)[0] == \
+        pytest.approx(1 - 1e-3, abs=1e-9)
+
+
+@pytest.mark.parametrize("foreach", PATHS.values(), ids=PATHS.keys())
+def test_check_3_amsgrad_keeps_the_max_of_the_raw_v(foreach):
+    got = one_scalar_run(Adam, [1.0, 0.0, 0.0], lr=0.1, amsgrad=True, foreach=foreach)
+    assert got == pytest.approx([0.900000001, 0.8330276878258663, 0.7812837871703692], abs=1e-12)
+    # Not plain Adam, and not the max over the bias-corrected v̂ (a common bug).
+    plain = one_scalar_run(Adam, [1.0, 0.0], lr=0.1, foreach=foreach)[1]
+    assert plain == pytest.approx(0.8329941765, abs=1e-9)
+    assert abs(got[1] - plain) > 3e-5
+    assert abs(got[1] - 0.8526315804) > 1e-2
+
+
+@pytest.mark.parametrize("foreach", PATHS.values(), ids=PATHS.keys())
+def test_check_4_eps_is_added_to_the_bias_corrected_sqrt_v(foreach):
+    g, lr, b1, b2, eps = 1e-8, 0.1, 0.9, 0.999, 1e-8
+    update = 1.0 - one_scalar_run(Adam, [g], lr=lr, foreach=foreach)[0]
+    assert update == pytest.approx(lr / 2, abs=1e-12)  # m̂ = √v̂ = g = ε
+    # The two placements it is not (closed forms for the first step):
+    m, v = (1 - b1) * g, (1 - b2) * g * g
+    kingma = lr * math.sqrt(1 - b2) / (1 - b1) * m / (math.sqrt(v) + eps)     # ε̂ form
+    inside = lr * (m / (1 - b1)) / math.sqrt(v / (1 - b2) + eps)               # √(v̂ + ε)
+    assert kingma == pytest.approx(0.003065, rel=1e-3) and inside == pytest.approx(1e-5, rel=1e-3)
+    assert abs(update - kingma) > 0.04 and abs(update - inside) > 0.04
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=PAIRS.keys())
+@pytest.mark.parametrize("foreach", PATHS.values(), ids=PATHS.keys())
+def test_check_5_maximize_is_the_run_on_minus_g_bit_exact(pair, foreach):
+    cls = PAIRS[pair][0]
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(5, generator=gen, dtype=F64) for _ in range(6)]
+    theta0 = torch.randn(5, generator=gen, dtype=F64)
+    results = []
+    for maximize, sign in ((True, 1.0), (False, -1.0)):
+        theta = torch.nn.Parameter(theta0.clone())
+        opt = cls([theta], lr=0.01, weight_decay=0.1, maximize=maximize, foreach=foreach)
+        for g in grads:
+            theta.grad = sign * g
+            opt.step()
+        results.append((theta.detach().clone(), opt.state[theta]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1]["exp_avg_sq"], results[1][1]["exp_avg_sq"])
+
+
+# --- parity with torch.optim (torch's test_foreach_matches_forloop protocol) -----------------
+
+def small_model(dtype):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 1),
+                                torch.nn.Sigmoid()).to(dtype)
+    zero_dim = torch.nn.Parameter(torch.tensor(0.7, dtype=dtype))
+    return model, zero_dim
+
+
+def run_protocol(make_opt, dtype=F64, steps=7):
+    """7 steps: every grad None at step 2, the first layer frozen at steps 3-4, a 0-dim parameter."""
+    model, zero_dim = small_model(dtype)
+    params = list(model.parameters()) + [zero_dim]
+    opt = make_opt(params)
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    for i in range(steps):
+        opt.zero_grad(set_to_none=True)
+        if i != 2:
+            for p in model[0].parameters():
+                p.requires_grad_(i not in (3, 4))
+            ((model(x) * zero_dim).sum() + zero_dim**2).backward()
+        opt.step()
+    return params, opt
+
+
+def assert_same_trajectory(ours, theirs, atol):
+    (params_a, opt_a), (params_b, opt_b) = ours, theirs
+    for a, b in zip(params_a, params_b):
+        torch.testing.assert_close(a, b, rtol=0, atol=atol)
+        state_a, state_b = opt_a.state[a], opt_b.state[b]
+        assert set(state_a) == set(state_b)
+        for key in state_b:  # step, exp_avg, exp_avg_sq, max_exp_avg_sq
+            assert state_a[key].dtype == state_b[key].dtype, key
+            torch.testing.assert_close(state_a[key], state_b[key], rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIGS.keys())
+@pytest.mark.parametrize("pair", PAIRS, ids=PAIRS.keys())
+@pytest.mark.parametrize("foreach", PATHS.values(), ids=PATHS.keys())
+def test_float64_parity_with_torch_over_seven_steps(config, pair, foreach):
+    ours_cls, torch_cls = PAIRS[pair]
+    kw = CONFIGS[config]
+    ours = run_protocol(lambda p: ours_cls(p, foreach=foreach, **kw))
+    theirs = run_protocol(lambda p: torch_cls(p, foreach=False, **kw))  # torch's ground truth: the for-loop
+    assert_same_trajectory(ours, theirs, atol=1e-12)
+    assert ours[1].state[ours[0][0]]["step"].item() == 4  # first layer: no grad at steps 2, 3, 4
+
+
+def test_the_for_loop_is_bit_exact_with_torchs():
+    ours = run_protocol(lambda p: AdamW(p, weight_decay=0.1, amsgrad=True))
+    theirs = run_protocol(lambda p: torch.optim.AdamW(p, weight_decay=0.1, amsgrad=True, foreach=False))
+    assert_same_trajectory(ours, theirs, atol=0.0)
+
+
+def test_complex_parameters_match_torch():
+    gen = torch.Generator().manual_seed(3)
+    theta0 = torch.randn(4, dtype=torch.complex128, generator=gen)
+    grads = [torch.randn(4, dtype=torch.complex128, generator=gen) for _ in range(5)]
+    finals = []
+    for make in (lambda p: AdamW(p, lr=0.01, amsgrad=True), lambda p: AdamW(p, lr=0.01, amsgrad=True, foreach=True),
+                 lambda p: torch.optim.AdamW(p, lr=0.01, amsgrad=True)):
+        theta = torch.nn.Parameter(theta0.clone())
+        opt = make([theta])
+        for g in grads:
+            theta.grad = g.clone()
+            opt.step()
+        finals.append(theta.detach())
+    assert torch.equal(finals[0], finals[2])
+    torch.testing.assert_close(finals[1], finals[2], rtol=0, atol=1e-12)
+
+
+# --- the foreach path equals the reference ----------------------------------------------------
+
+@pytest.mark.parametrize("pair", PAIRS, ids=PAIRS.keys())
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_foreach_equals_for_loop_with_blocks_split_views_and_mixed_dtypes(pair, amsgrad, monkeypatch):
+    # A tiny block size makes _blocks split tensors into views and cut the list into many blocks.
+    monkeypatch.setattr(adam_module, "_CPU_BLOCK_NUMEL", 7)
+    cls = PAIRS[pair][0]
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(), (3,), (20,), (4, 6), (6, 4), (1,), (50,)]
+    start = [torch.randn(s, generator=gen, dtype=F64) for s in shapes]
+    start[4] = start[4].t().contiguous().t()  # a non-contiguous (transposed) parameter
+    start.append(torch.randn(9, generator=gen, dtype=torch.float32))  # a second (device, dtype) group
+    finals = []
+    for foreach in (False, True):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = cls(params, lr=0.01, weight_decay=0.1, amsgrad=amsgrad, maximize=True, foreach=foreach)
+        g = torch.Generator().manual_seed(6)
+        for step in range(7):
+            for i, p in enumerate(params):
+                p.grad = None if (step == 3 and i % 2) else torch.randn(p.shape, generator=g, dtype=p.dtype)
+            opt.step()
+        finals.append((params, opt))
+    for a, b in zip(finals[0][0], finals[1][0]):
+        tol = 1e-12 if a.dtype == F64 else 1e-6
+        torch.testing.assert_close(a, b, rtol=0, atol=tol)
+        for key in finals[0][1].state[a]:
+            torch.testing.assert_close(finals[0][1].state[a][key], finals[1][1].state[b][key], rtol=0, atol=tol)
+
+
+# --- float32 over 1,000 steps ------------------------------------------------------------------
+
+def mlp_run(make_opt, steps=1000):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    opt = make_opt(model.parameters())
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 8, generator=gen)
+    y = torch.sin(x.sum(1, keepdim=True))
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return [p.detach() for p in model.parameters()], losses
+
+
+@pytest.mark.parametrize("ours, theirs", [
+    (lambda p: AdamW(p), lambda p: torch.optim.AdamW(p)),
+    (lambda p: AdamW(p, foreach=True), lambda p: torch.optim.AdamW(p, foreach=True)),
+    (lambda p: Adam(p, weight_decay=1e-3, amsgrad=True, foreach=True), lambda p: torch.optim.Adam(
+        p, weight_decay=1e-3, amsgrad=True)),
+], ids=["AdamW-for-loop", "AdamW-foreach", "Adam-L2-amsgrad-foreach"])
+def test_float32_parity_over_1000_steps_on_a_small_mlp(ours, theirs):
+    params_a, losses_a = mlp_run(ours)
+    params_b, losses_b = mlp_run(theirs)
+    for a, b in zip(params_a, params_b):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # torch's fp32 atol
+    assert losses_a[-1] < 0.5 * losses_a[0]  # and it trains
+
+
+# --- state dicts ---------------------------------------------------------------------------
+
+def lockstep(model_a, opt_a, model_b, opt_b, steps, gen):
+    for _ in range(steps):
+        x = torch.randn(5, 2, generator=gen, dtype=F64)
+        for model, opt in ((model_a, opt_a), (model_b, opt_b)):
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            opt.step()
+        assert all(torch.equal(a, b) for a, b in zip(model_a.parameters(), model_b.parameters()))
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=PAIRS.keys())
+def test_state_dict_loads_into_torch_and_back_then_lock_step(pair):
+    ours_cls, torch_cls = PAIRS[pair]
+    kw = dict(lr=0.01, weight_decay=0.1, amsgrad=True)
+    gen = torch.Generator().manual_seed(2)
+    model_a, _ = small_model(F64)
+    opt_a = ours_cls(model_a.parameters(), **kw)
+    model_b = copy.deepcopy(model_a)
+    opt_b = torch_cls(model_b.parameters(), **kw)
+    lockstep(model_a, opt_a, model_b, opt_b, 10, gen)  # same numbers from the start
+    sd = opt_a.state_dict()
+    ref = opt_b.state_dict()
+    assert sd["param_groups"] == ref["param_groups"]  # identical layout, every key and value
+    assert {k: set(v) for k, v in sd["state"].items()} == {k: set(v) for k, v in ref["state"].items()}
+
+    # ours -> torch: a fresh torch optimizer on a copy of the weights continues in lock step with ours.
+    model_t = copy.deepcopy(model_a)
+    opt_t = torch_cls(model_t.parameters(), **kw)
+    opt_t.load_state_dict(copy.deepcopy(sd))
+    lockstep(model_a, opt_a, model_t, opt_t, 10, gen)
+    # torch -> ours
+    model_o = copy.deepcopy(model_t)
+    opt_o = ours_cls(model_o.parameters(), **kw)
+    opt_o.load_state_dict(copy.deepcopy(opt_t.state_dict()))
+    lockstep(model_t, opt_t, model_o, opt_o, 10, gen)
+
+
+def test_adamw_stays_decoupled_whatever_the_loaded_state_says():
+    p = torch.nn.Parameter(torch.ones(2, dtype=F64))
+    adam = torch.optim.Adam([p], weight_decay=0.1)
+    opt = AdamW([torch.nn.Parameter(torch.ones(2, dtype=F64))])
+    opt.load_state_dict(adam.state_dict())
+    assert opt.param_groups[0]["decoupled_weight_decay"] is True
+
+
+def test_constructor_signature_and_defaults_are_torchs():
+    for ours, theirs in ((Adam, torch.optim.Adam), (AdamW, torch.optim.AdamW)):
+        a, b = inspect.signature(ours.__init__).parameters, inspect.signature(theirs.__init__).parameters
+        assert list(a) == list(b)
+        assert {k: (v.default, v.kind) for k, v in a.items()} == {k: (v.default, v.kind) for k, v in b.items()}
+
+
+# --- edge cases and errors -------------------------------------------------------------------
+
+def test_parameters_without_gradients_are_untouched_and_get_no_state():
+    used, unused = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    opt = AdamW([used, unused], weight_decay=0.5)
+    used.grad = torch.ones(3)
+    opt.step()
+    assert torch.equal(unused, torch.ones(3)) and len(opt.state[unused]) == 0
+    assert not torch.equal(used, torch.ones(3))
+
+
+def test_tensor_lr_on_the_for_loop_matches_torch():
+    finals = []
+    for cls in (AdamW, torch.optim.AdamW):
+        theta = torch.nn.Parameter(torch.ones(3))
+        opt = cls([theta], lr=torch.tensor(0.01))
+        for g in (0.5, -0.2, 0.1):
+            theta.grad = torch.full((3,), g)
+            opt.step()
+        finals.append(theta.detach())
+    assert torch.equal(finals[0], finals[1])
+
+
+def test_goes_downhill_with_a_closure():
+    w = torch.nn.Parameter(torch.tensor([2.0, -1.0]))
+    opt = Adam([w], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (w**2).sum()
+        loss.backward()
+        return loss
+
+    first = opt.step(closure).item()
+    for _ in range(19):
+        last = opt.step(closure).item()
+    assert last < first
+
+
+def test_sparse_gradients_are_refused():
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        Adam([p]).step()
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(lr=-1e-3), "lr"), (dict(lr=math.nan), "lr"), (dict(eps=-1.0), "eps"),
+    (dict(betas=(1.0, 0.999)), r"betas\[0\]"), (dict(betas=(0.9, -0.1)), r"betas\[1\]"),
+    (dict(betas=(0.9,)), "betas"), (dict(weight_decay=-0.1), "weight_decay"),
+    (dict(fused=True), "fused"), (dict(capturable=True), "capturable"),
+    (dict(differentiable=True), "differentiable"), (dict(lr=torch.tensor(0.1), foreach=True), "lr"),
+    (dict(lr=torch.tensor([0.1, 0.2])), "lr"),
+])
+@pytest.mark.parametrize("cls", [Adam, AdamW])
+def test_bad_hyperparameters_raise_value_error_naming_them(cls, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        cls([torch.nn.Parameter(torch.ones(1))], **kwargs)
+    # torch rejects the same values (except the options we do not implement).
+    if not any(k in kwargs for k in ("fused", "capturable", "differentiable", "foreach")):
+        with pytest.raises((ValueError, IndexError)):
+            torch.optim.Adam([torch.nn.Parameter(torch.ones(1))], **kwargs)
