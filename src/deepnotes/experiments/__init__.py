@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from .base import Check, Context, Experiment, Figure, Result, Table, compute_verdict, seed_everything
 from .catalogue import NOTES, NOTES_BY_SLUG, Note
+from .adamw import AdamWExperiment
+from .mixed_precision import MixedPrecision
 from .stochastic_approximation import StochasticApproximation
 
 __all__ = [
@@ -26,4 +28,6 @@ __all__ = [
 
 REGISTRY: dict[str, Experiment] = {
     StochasticApproximation.slug: StochasticApproximation(),
+    AdamWExperiment.slug: AdamWExperiment(),
+    MixedPrecision.slug: MixedPrecision(),
 }
