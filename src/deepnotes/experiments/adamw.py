@@ -145,7 +145,7 @@ class AdamWExperiment:
             ax.set(xlabel="weight decay", ylabel="learning rate", title=f"{label}: test error %")
             for i in range(n_points):
                 for j in range(n_points):
-                    ax.text(j, i, f"{grids[method][i, j] * 100:.1f}", ha="center", va="center", color="w", fontsize=8)
+                    ax.text(j, i, f"{grids[method][i, j] * 100:.1f}", ha="center", va="center", color="k", fontsize=8)
             best = np.unravel_index(grids[method].argmin(), grids[method].shape)
             ax.plot(best[1], best[0], "r*", ms=12)
         fig.colorbar(im, ax=axes, shrink=0.8)
