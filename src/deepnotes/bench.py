@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "sa": "sa.py",
     "optim": "optim.py",
     "amp": "amp.py",
+    "upsampling": "upsampling.py",
 }
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from .base import Check, Context, Experiment, Figure, Result, Table, compute_verdict, seed_everything
 from .catalogue import NOTES, NOTES_BY_SLUG, Note
+from .activations import Activations
 from .adamw import AdamWExperiment
 from .mixed_precision import MixedPrecision
 from .stochastic_approximation import StochasticApproximation
+from .upsampling import Upsampling
 
 __all__ = [
     "REGISTRY",
@@ -27,7 +29,9 @@ __all__ = [
 ]
 
 REGISTRY: dict[str, Experiment] = {
+    Activations.slug: Activations(),
     StochasticApproximation.slug: StochasticApproximation(),
+    Upsampling.slug: Upsampling(),
     AdamWExperiment.slug: AdamWExperiment(),
     MixedPrecision.slug: MixedPrecision(),
 }

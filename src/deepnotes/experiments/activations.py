@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
-from torch.optim import AdamW  # TODO: deepnotes.optim.AdamW when it lands
 
 from ..lm.corpus import CharVocab, sample_blocks, stdlib_corpus, train_val_split
 from ..nn import activations as A
 from ..nn.feedforward import FeedForward
+from ..optim import AdamW
 from .base import Check, Context, Result, Table
 from .catalogue import NOTES_BY_SLUG
 
