@@ -27,6 +27,8 @@ BENCHMARKS: dict[str, str] = {
     "optim": "optim.py",
     "amp": "amp.py",
     "upsampling": "upsampling.py",
+    "attention": "attention.py",
+    "attention-gpu": "attention_gpu.py",
 }
 
 

@@ -9,6 +9,7 @@ from .base import Check, Context, Experiment, Figure, Result, Table, compute_ver
 from .catalogue import NOTES, NOTES_BY_SLUG, Note
 from .activations import Activations
 from .adamw import AdamWExperiment
+from .flash_attention import FlashAttention
 from .mixed_precision import MixedPrecision
 from .stochastic_approximation import StochasticApproximation
 from .upsampling import Upsampling
@@ -32,6 +33,7 @@ REGISTRY: dict[str, Experiment] = {
     Activations.slug: Activations(),
     StochasticApproximation.slug: StochasticApproximation(),
     Upsampling.slug: Upsampling(),
+    FlashAttention.slug: FlashAttention(),
     AdamWExperiment.slug: AdamWExperiment(),
     MixedPrecision.slug: MixedPrecision(),
 }

@@ -10,8 +10,8 @@ The claim has three parts, each measured here:
   rounding (1e-5).
 * memory: peak extra resident memory of one forward vs N (process VmHWM, reset
   through /proc/self/clear_refs before each call); the log-log slope over the
-  upper half of the N range must be <= 1.2 for ours (at most linear) and >= 1.8
-  for naive attention (quadratic), and ours <= 5% of naive's at the largest N.
+  last octave of N must be <= 1.2 for ours (at most linear) and >= 1.8 for
+  naive attention (quadratic), and ours <= 5% of naive's at the largest N.
 * speed: ours, torch SDPA and naive at the same inputs, interleaved; reported
   (tables, figure), not thresholded: the note claims a measurement, not a bound.
 """
@@ -111,13 +111,15 @@ class FlashAttention:
         return worst_out, worst_grad, table
 
     def _memory(self, ctx: Context, gen: torch.Generator):
-        Ns = ctx.pick([512, 1024, 2048, 4096], [1024, 2048, 4096, 8192, 16384])
+        Ns = ctx.pick([1024, 2048, 4096, 8192], [1024, 2048, 4096, 8192, 16384])
         ours, naive = [], []
         for N in Ns:
             q, k, v = [torch.randn(1, 1, N, 64, generator=gen) for _ in range(3)]
             with torch.no_grad():
-                ours.append(_peak_extra(lambda: flash_attention(q, k, v)))
-                naive.append(_peak_extra(lambda: attention_reference(q, k, v)))
+                # median of 3 after a warm-up: a first call also pays one-off allocations
+                ours.append(statistics.median([_peak_extra(lambda: flash_attention(q, k, v)) for _ in range(4)][1:]))
+                naive.append(statistics.median([_peak_extra(lambda: attention_reference(q, k, v))
+                                                for _ in range(4)][1:]))
             ctx.progress(0.35 + 0.3 * len(ours) / len(Ns), f"memory N={N}")
         return Ns, ours, naive
 
@@ -163,14 +165,17 @@ class FlashAttention:
         ctx.progress(0.35, "tile sizes")
 
         Ns, ours_mem, naive_mem = self._memory(ctx, gen)
-        upper = slice(len(Ns) // 2, None)
-        s_ours, s_naive = _slope(Ns[upper], ours_mem[upper]), _slope(Ns[upper], naive_mem[upper])
+        # Growth over the last octave (N/2 -> N), where fixed costs and allocator effects are smallest.
+        # Below N = 4096 an N x N fp32 buffer is under glibc's 32 MiB mmap-threshold cap and freed
+        # buffers may stay resident in the heap, so naive's peak reads 3 to 5 N^2 buffers there
+        # (docs/notes/06-flash-attention.md); from N = 4096 on it is 3 N^2, as the code allocates.
+        last = slice(-2, None)
+        s_ours, s_naive = _slope(Ns[last], ours_mem[last]), _slope(Ns[last], naive_mem[last])
         metrics.update(memory_slope_ours=s_ours, memory_slope_naive=s_naive,
                        memory_ours_over_naive_at_max_n=ours_mem[-1] / naive_mem[-1],
                        memory_ours_mib_at_max_n=ours_mem[-1] / 2**20, memory_naive_mib_at_max_n=naive_mem[-1] / 2**20)
-        checks.append(Check(f"ours: log-log slope of peak memory vs N (N={Ns[len(Ns) // 2]}..{Ns[-1]})", s_ours,
-                            "<=", 1.2))
-        checks.append(Check("naive: log-log slope of peak memory vs N (same range)", s_naive, ">=", 1.8))
+        checks.append(Check(f"ours: log-log slope of peak memory vs N (N={Ns[-2]}..{Ns[-1]})", s_ours, "<=", 1.2))
+        checks.append(Check(f"naive: log-log slope of peak memory vs N (N={Ns[-2]}..{Ns[-1]})", s_naive, ">=", 1.8))
         checks.append(Check(f"ours / naive peak extra memory at N={Ns[-1]}", ours_mem[-1] / naive_mem[-1], "<=", 0.05))
 
         speed = self._speed(ctx, gen)
