@@ -11,13 +11,7 @@ ALL = list(_LAYOUTS)  # the four of note 11, plus fp8 e5m2 / e4m3fn
 _INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: OpenMP threads only add synchronisation (and thrash on a shared machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bits_of(x):

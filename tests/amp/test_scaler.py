@@ -11,13 +11,7 @@ from deepnotes.optim import AdamW
 OK, INF, NAN = "ok", "inf", "nan"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: OpenMP threads only add synchronisation (and thrash on a shared machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(seed=0):

@@ -22,13 +22,7 @@ from deepnotes.attention.tolerance import GRAD_FACTOR, flash_rule, max_abs_err
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small shapes: torch's per-op thread teams only add barriers (and stalls on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SHAPES = [(1, 239), (3, 799), (113, 203), (127, 513), (128, 217)]

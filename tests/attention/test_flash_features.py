@@ -13,12 +13,7 @@ from deepnotes.attention.dropout import keep_mask, keep_tile
 from deepnotes.attention.tolerance import flash_rule, max_abs_err
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(B, H, Hkv, Sq, Sk, D, dtype=torch.float32, seed=0):

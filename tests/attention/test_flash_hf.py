@@ -10,12 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 import deepnotes.attention.hf as hf  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

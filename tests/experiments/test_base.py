@@ -44,3 +44,16 @@ def test_registry_entries_are_catalogued_experiments():
     for slug, exp in REGISTRY.items():
         assert slug in NOTES_BY_SLUG and exp.slug == slug
         assert exp.claim and exp.title and callable(exp.run)
+
+
+def test_single_thread_restores_the_thread_count_even_on_error():
+    import torch
+
+    from deepnotes.experiments.base import single_thread
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError):
+        with single_thread():
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before

@@ -12,13 +12,7 @@ from deepnotes.optim import Adam, AdamW
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: OpenMP threads only add synchronisation (and thrash on a shared machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 PATHS = {"for-loop": False, "foreach": True}
 PAIRS = {"Adam": (Adam, torch.optim.Adam), "AdamW": (AdamW, torch.optim.AdamW)}
 # torch's test_foreach_matches_forloop inputs for Adam.

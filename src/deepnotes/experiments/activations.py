@@ -31,7 +31,7 @@ from ..lm.corpus import CharVocab, sample_blocks, stdlib_corpus, train_val_split
 from ..nn import activations as A
 from ..nn.feedforward import FeedForward
 from ..optim import AdamW
-from .base import Check, Context, Result, Table
+from .base import Check, Context, Result, Table, single_thread
 from .catalogue import NOTES_BY_SLUG
 
 __all__ = ["Activations", "TinyLM"]
@@ -184,15 +184,8 @@ class Activations:
     claim = NOTES_BY_SLUG[slug].claim
 
     def run(self, ctx: Context) -> Result:
-        # Models this small run faster on one thread (no fork/join per tiny op, which is very slow
-        # on a shared CPU), and one thread makes every reduction, hence every number, independent
-        # of the machine's core count.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with single_thread():
             return self._run(ctx)
-        finally:
-            torch.set_num_threads(threads)
 
     def _run(self, ctx: Context) -> Result:
         import matplotlib.pyplot as plt

@@ -22,7 +22,7 @@ import torch
 from ..optim import Adam, AdamW
 from ..optim.schedules import get_schedule
 from ..train import fit
-from .base import Check, Context, Result, Table
+from .base import Check, Context, Result, Table, single_thread
 from .catalogue import NOTES_BY_SLUG
 from .digits import DigitsCNN, cross_entropy_loss, error_rate, load_digits_split
 
@@ -91,6 +91,10 @@ class AdamWExperiment:
     claim = NOTES_BY_SLUG[slug].claim
 
     def run(self, ctx: Context) -> Result:
+        with single_thread():
+            return self._run(ctx)
+
+    def _run(self, ctx: Context) -> Result:
         import matplotlib.pyplot as plt
 
         data = load_digits_split(seed=ctx.seed)

@@ -7,6 +7,7 @@ some -> partial. Nobody writes a verdict by hand.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import random
@@ -27,6 +28,7 @@ __all__ = [
     "Experiment",
     "seed_everything",
     "compute_verdict",
+    "single_thread",
 ]
 
 VERDICTS = ("reproduced", "not reproduced", "partial")
@@ -109,6 +111,22 @@ class Result:
     @property
     def thresholds(self) -> dict[str, dict[str, Any]]:
         return {c.name: {"op": c.op, "threshold": c.threshold} for c in self.checks}
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Runs the block with one torch thread, restoring the count after.
+
+    Models this small run faster on one thread (no fork/join per tiny op, which is
+    very slow on a shared CPU), and one thread makes every reduction, hence every
+    number, independent of the machine's core count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def seed_everything(seed: int) -> None:

@@ -21,7 +21,7 @@ import torch
 
 from ..amp import FORMATS, DynamicLossScaler, float_info
 from ..train import fit
-from .base import Check, Context, Result, Table
+from .base import Check, Context, Result, Table, single_thread
 from .catalogue import NOTES_BY_SLUG
 from .digits import DigitsCNN, cross_entropy_loss, load_digits_split
 
@@ -96,6 +96,10 @@ class MixedPrecision:
     claim = NOTES_BY_SLUG[slug].claim
 
     def run(self, ctx: Context) -> Result:
+        with single_thread():
+            return self._run(ctx)
+
+    def _run(self, ctx: Context) -> Result:
         import matplotlib.pyplot as plt
 
         metrics: dict[str, float] = {}

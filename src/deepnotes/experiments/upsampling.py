@@ -32,7 +32,7 @@ from torch import nn
 
 from ..nn import upsampling as U
 from ..optim import AdamW
-from .base import Check, Context, Result, Table
+from .base import Check, Context, Result, Table, single_thread
 from .catalogue import NOTES_BY_SLUG
 
 __all__ = ["Upsampling", "checkerboard_index", "make_upsampler"]
@@ -187,12 +187,8 @@ class Upsampling:
     claim = NOTES_BY_SLUG[slug].claim
 
     def run(self, ctx: Context) -> Result:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # small convolutions: one thread is faster on a shared CPU, and exact-repeatable
-        try:
+        with single_thread():
             return self._run(ctx)
-        finally:
-            torch.set_num_threads(threads)
 
     def _run(self, ctx: Context) -> Result:
         import matplotlib.pyplot as plt
