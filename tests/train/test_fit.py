@@ -1,6 +1,8 @@
 """fit(): accumulation, EMA, exact resume, checkpoints, precision and its failures."""
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +12,7 @@ from torch.utils.data import TensorDataset
 from deepnotes.train import EMA, CheckpointError, FitConfig, NonFiniteLossError, fit, load_checkpoint, save_checkpoint
 from deepnotes.train.checkpoint import flatten_state, unflatten_state
 
-import importlib.util
-from pathlib import Path
-
+# The subprocess tests' training script doubles as this module's model and data.
 _spec = importlib.util.spec_from_file_location("train_script", Path(__file__).with_name("train_script.py"))
 script = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(script)

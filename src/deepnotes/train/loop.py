@@ -38,6 +38,7 @@ from torch.utils.data import DistributedSampler, default_collate
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistState, all_mean, any_true, setup_distributed, teardown_distributed, wrap_model
 from .ema import EMA
+from .progress import progress_bar
 
 __all__ = ["FitConfig", "FitResult", "NonFiniteLossError", "fit", "CHECKPOINT_NAME"]
 
@@ -277,7 +278,7 @@ def _fit(model, optimizer, data, loss_fn, cfg: FitConfig, eval_fn, ema, schedule
         log({"step": result.step, "eval": {k: v for k, v in out.items() if k != "step"}})
 
     show = cfg.progress if cfg.progress is not None else sys.stdout.isatty()
-    bar = _progress(show and ds.is_main, total, result.step)
+    bar = progress_bar(show and ds.is_main, total, result.step)
     params = [p for p in inner.parameters() if p.requires_grad]
     model.train()
     t0 = time.perf_counter()
@@ -373,37 +374,3 @@ def _check_compatible(state: dict, cfg: FitConfig, ds: DistState, path: Path) ->
         raise ValueError(f"cannot resume exactly from {path}: {detail}")
     if len(state["rng"]) != ds.world_size:
         raise ValueError(f"{path} holds RNG states for {len(state['rng'])} processes, this run has {ds.world_size}")
-
-
-class _NoBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def advance(self, loss: float) -> None:
-        pass
-
-
-class _RichBar(_NoBar):
-    def __init__(self, total: int, done: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
-        self.task = self.progress.add_task("train", total=total, completed=done, loss="-")
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def advance(self, loss: float) -> None:
-        self.progress.update(self.task, advance=1, loss=f"{loss:.4f}")
-
-
-def _progress(show: bool, total: int, done: int):
-    return _RichBar(total, done) if show else _NoBar()
