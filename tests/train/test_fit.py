@@ -76,6 +76,7 @@ def test_resume_restores_ema_and_truncates_the_metrics_log(tmp_path):
     # Pretend the process died after step 8 had logged steps 9-10 but not checkpointed them.
     with (tmp_path / "m.jsonl").open("a") as f:
         f.write(json.dumps({"step": 9, "loss": 0.0}) + "\n" + json.dumps({"step": 10, "loss": 0.0}) + "\n")
+        f.write('{"step": 11, "lo')  # torn by the kill
     ema = go(20)
     for k in straight.shadow:
         assert torch.equal(straight.shadow[k], ema.shadow[k]), k

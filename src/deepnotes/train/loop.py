@@ -154,10 +154,17 @@ class _StopFlag:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drops log lines past the checkpoint's step: a resumed run rewrites them."""
+    """Drops log lines past the checkpoint's step (a resumed run rewrites them), and a
+    line torn by a kill mid-write."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
     path.write_text("".join(line + "\n" for line in kept))
 
 
