@@ -57,3 +57,22 @@ def test_single_thread_restores_the_thread_count_even_on_error():
             assert torch.get_num_threads() == 1
             raise RuntimeError("inside")
     assert torch.get_num_threads() == before
+
+
+def test_note_experiment_takes_title_and_claim_from_the_catalogue_and_can_run_single_threaded():
+    import torch
+
+    from deepnotes.experiments.base import NoteExperiment, Result
+
+    class Probe(NoteExperiment):
+        slug = "medusa"
+        single_threaded = True
+
+        def measure(self, ctx):
+            return Result(metrics={"threads": torch.get_num_threads()},
+                          checks=[Check("one thread", torch.get_num_threads(), "<=", 1)])
+
+    before = torch.get_num_threads()
+    assert Probe.title == NOTES_BY_SLUG["medusa"].title and Probe.claim == NOTES_BY_SLUG["medusa"].claim
+    assert Probe().run(None).verdict == "reproduced"
+    assert torch.get_num_threads() == before

@@ -31,8 +31,7 @@ from ..lm.corpus import CharVocab, sample_blocks, stdlib_corpus, train_val_split
 from ..nn import activations as A
 from ..nn.feedforward import FeedForward
 from ..optim import AdamW
-from .base import Check, Context, Result, Table, single_thread
-from .catalogue import NOTES_BY_SLUG
+from .base import Check, Context, NoteExperiment, Result, Table
 
 __all__ = ["Activations", "TinyLM"]
 
@@ -178,16 +177,11 @@ def evaluate(model: nn.Module, batches) -> float:
     return sum(losses) / len(losses)
 
 
-class Activations:
+class Activations(NoteExperiment):
     slug = "activations"
-    title = NOTES_BY_SLUG[slug].title
-    claim = NOTES_BY_SLUG[slug].claim
+    single_threaded = True  # small models: one thread is faster and core-count independent
 
-    def run(self, ctx: Context) -> Result:
-        with single_thread():
-            return self._run(ctx)
-
-    def _run(self, ctx: Context) -> Result:
+    def measure(self, ctx: Context) -> Result:
         import matplotlib.pyplot as plt
 
         metrics: dict[str, float] = {}

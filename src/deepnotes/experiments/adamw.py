@@ -22,8 +22,7 @@ import torch
 from ..optim import Adam, AdamW
 from ..optim.schedules import get_schedule
 from ..train import fit
-from .base import Check, Context, Result, Table, single_thread
-from .catalogue import NOTES_BY_SLUG
+from .base import Check, Context, NoteExperiment, Result, Table
 from .digits import DigitsCNN, cross_entropy_loss, error_rate, load_digits_split
 
 __all__ = ["AdamWExperiment", "additive_r2", "best_wd_spread"]
@@ -85,16 +84,11 @@ def _parity(data, steps: int) -> dict[str, float]:
     return out
 
 
-class AdamWExperiment:
+class AdamWExperiment(NoteExperiment):
     slug = "adamw"
-    title = NOTES_BY_SLUG[slug].title
-    claim = NOTES_BY_SLUG[slug].claim
+    single_threaded = True  # small models: one thread is faster and core-count independent
 
-    def run(self, ctx: Context) -> Result:
-        with single_thread():
-            return self._run(ctx)
-
-    def _run(self, ctx: Context) -> Result:
+    def measure(self, ctx: Context) -> Result:
         import matplotlib.pyplot as plt
 
         data = load_digits_split(seed=ctx.seed)

@@ -29,6 +29,7 @@ __all__ = [
     "seed_everything",
     "compute_verdict",
     "single_thread",
+    "NoteExperiment",
 ]
 
 VERDICTS = ("reproduced", "not reproduced", "partial")
@@ -175,6 +176,33 @@ class Context:
         figure = Figure(name=name, path=rel, caption=caption)
         self.figures.append(figure)
         return figure
+
+
+class NoteExperiment:
+    """Base for the notes' experiments: set ``slug`` (title and claim come from the
+    catalogue) and write ``measure(ctx)``. ``single_threaded = True`` runs it on one
+    torch thread (see single_thread) and restores the count afterwards."""
+
+    slug: str
+    title: str
+    claim: str
+    single_threaded: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        from .catalogue import NOTES_BY_SLUG
+
+        note = NOTES_BY_SLUG[cls.slug]
+        cls.title, cls.claim = note.title, note.claim
+
+    def run(self, ctx: "Context") -> "Result":
+        if self.single_threaded:
+            with single_thread():
+                return self.measure(ctx)
+        return self.measure(ctx)
+
+    def measure(self, ctx: "Context") -> "Result":
+        raise NotImplementedError
 
 
 class Experiment(Protocol):

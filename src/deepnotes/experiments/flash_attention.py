@@ -30,8 +30,7 @@ import torch.nn.functional as F
 
 from ..attention import attention_reference, blockwise_attention, flash_attention
 from ..attention.tolerance import GRAD_FACTOR, OUTPUT_FACTOR, flash_rule
-from .base import Check, Context, Result, Table
-from .catalogue import NOTES_BY_SLUG
+from .base import Check, Context, NoteExperiment, Result, Table
 
 __all__ = ["FlashAttention"]
 
@@ -73,10 +72,8 @@ def _slope(ns, ys) -> float:
     return float(np.polyfit(np.log(ns), np.log(ys), 1)[0])
 
 
-class FlashAttention:
+class FlashAttention(NoteExperiment):
     slug = "flash-attention"
-    title = NOTES_BY_SLUG[slug].title
-    claim = NOTES_BY_SLUG[slug].claim
 
     def _exactness(self, ctx: Context, gen: torch.Generator):
         cases = [(113, 203, 59, 2, True, torch.float32), (203, 113, 64, 1, True, torch.float32),
@@ -144,7 +141,7 @@ class FlashAttention:
         spread = max(float((o - outs[0]).abs().max()) for o in outs)
         return N, sizes, times, spread
 
-    def run(self, ctx: Context) -> Result:
+    def measure(self, ctx: Context) -> Result:
         import matplotlib.pyplot as plt
 
         gen = ctx.generator()

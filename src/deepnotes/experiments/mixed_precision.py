@@ -21,8 +21,7 @@ import torch
 
 from ..amp import FORMATS, DynamicLossScaler, float_info
 from ..train import fit
-from .base import Check, Context, Result, Table, single_thread
-from .catalogue import NOTES_BY_SLUG
+from .base import Check, Context, NoteExperiment, Result, Table
 from .digits import DigitsCNN, cross_entropy_loss, load_digits_split
 
 __all__ = ["MixedPrecision", "fp16_underflow_fraction"]
@@ -90,16 +89,11 @@ def _step_time(precision: str, steps: int, batch: int) -> float:
     return float(np.median(times))
 
 
-class MixedPrecision:
+class MixedPrecision(NoteExperiment):
     slug = "mixed-precision"
-    title = NOTES_BY_SLUG[slug].title
-    claim = NOTES_BY_SLUG[slug].claim
+    single_threaded = True  # small models: one thread is faster and core-count independent
 
-    def run(self, ctx: Context) -> Result:
-        with single_thread():
-            return self._run(ctx)
-
-    def _run(self, ctx: Context) -> Result:
+    def measure(self, ctx: Context) -> Result:
         import matplotlib.pyplot as plt
 
         metrics: dict[str, float] = {}

@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 from ..optim import sa
-from .base import Check, Context, Result, Table
-from .catalogue import NOTES_BY_SLUG
+from .base import Check, Context, NoteExperiment, Result, Table
 
 __all__ = ["StochasticApproximation"]
 
@@ -53,12 +52,10 @@ def _rm_mse(a: float, slope: float, n_steps: int, runs: int, grid: np.ndarray, g
     return total / runs
 
 
-class StochasticApproximation:
+class StochasticApproximation(NoteExperiment):
     slug = "stochastic-approximation"
-    title = NOTES_BY_SLUG[slug].title
-    claim = NOTES_BY_SLUG[slug].claim
 
-    def run(self, ctx: Context) -> Result:
+    def measure(self, ctx: Context) -> Result:
         import matplotlib.pyplot as plt
 
         gen = ctx.generator()

@@ -32,8 +32,7 @@ from torch import nn
 
 from ..nn import upsampling as U
 from ..optim import AdamW
-from .base import Check, Context, Result, Table, single_thread
-from .catalogue import NOTES_BY_SLUG
+from .base import Check, Context, NoteExperiment, Result, Table
 
 __all__ = ["Upsampling", "checkerboard_index", "make_upsampler"]
 
@@ -181,16 +180,11 @@ def train_sr(upsampler: str, data, steps: int, width: int, generator: torch.Gene
     return model
 
 
-class Upsampling:
+class Upsampling(NoteExperiment):
     slug = "upsampling"
-    title = NOTES_BY_SLUG[slug].title
-    claim = NOTES_BY_SLUG[slug].claim
+    single_threaded = True  # small models: one thread is faster and core-count independent
 
-    def run(self, ctx: Context) -> Result:
-        with single_thread():
-            return self._run(ctx)
-
-    def _run(self, ctx: Context) -> Result:
+    def measure(self, ctx: Context) -> Result:
         import matplotlib.pyplot as plt
 
         metrics: dict[str, float] = {}
