@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
+
+from .measure import median_time
 
 __all__ = ["BENCHMARKS", "BENCH_DIR", "RESULTS_DIR", "median_time", "write_result", "run_benchmark"]
 
@@ -30,18 +29,6 @@ BENCHMARKS: dict[str, str] = {
     "attention": "attention.py",
     "attention-gpu": "attention_gpu.py",
 }
-
-
-def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall-clock seconds of fn() over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def write_result(name: str, payload: dict, path: Path | None = None) -> Path:

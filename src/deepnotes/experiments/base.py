@@ -18,6 +18,8 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from .stats import Interval
+
 __all__ = [
     "VERDICTS",
     "Check",
@@ -30,7 +32,10 @@ __all__ = [
     "compute_verdict",
     "single_thread",
     "NoteExperiment",
+    "SCALES",
 ]
+
+SCALES = ("tiny", "quick", "full")  # tiny: every code path in seconds, for the tests; verdicts mean nothing there
 
 VERDICTS = ("reproduced", "not reproduced", "partial")
 
@@ -44,12 +49,19 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 
 @dataclass
 class Check:
-    """One measurable part of a claim: ``value op threshold``."""
+    """One measurable part of a claim: ``value op threshold``.
+
+    ``label`` is the short name the summary tables show beside the value. A check
+    decided over seeds carries its ``interval``; build it with ``ci_above``,
+    ``ci_below`` or ``ci_within`` so that the value compared is the right bound.
+    """
 
     name: str  # what is claimed, in words
     value: float  # what was measured
     op: str  # one of <=, <, >=, >
     threshold: float  # the bound the claim sets
+    label: str = ""  # a few words for summary tables, e.g. "sigmoid rho"
+    interval: Interval | None = None  # the seeds' mean and CI the value was taken from
     passed: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -60,14 +72,33 @@ class Check:
         # NaN never passes: a measurement that failed is not a reproduction.
         self.passed = bool(math.isfinite(self.value) and _OPS[self.op](self.value, self.threshold))
 
+    @classmethod
+    def ci_above(cls, name: str, interval: Interval, threshold: float = 0.0, label: str = "") -> "Check":
+        """Passes when the whole interval lies above threshold: ci_low > threshold."""
+        return cls(name, interval.low, ">", threshold, label=label, interval=interval)
+
+    @classmethod
+    def ci_below(cls, name: str, interval: Interval, threshold: float = 0.0, label: str = "") -> "Check":
+        """Passes when the whole interval lies at or below threshold: ci_high <= threshold."""
+        return cls(name, interval.high, "<=", threshold, label=label, interval=interval)
+
+    @classmethod
+    def ci_within(cls, name: str, interval: Interval, bound: float, label: str = "") -> "Check":
+        """Passes when the whole interval lies in [-bound, bound]: max(|ci_low|, |ci_high|) <= bound."""
+        return cls(name, max(abs(interval.low), abs(interval.high)), "<=", bound, label=label, interval=interval)
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
+            "label": self.label,
             "value": self.value if math.isfinite(self.value) else None,
             "op": self.op,
             "threshold": self.threshold,
             "passed": self.passed,
         }
+        if self.interval is not None:
+            out["interval"] = self.interval.to_json()
+        return out
 
 
 @dataclass
@@ -110,6 +141,11 @@ class Result:
         return compute_verdict(self.checks)
 
     @property
+    def seeds(self) -> int:
+        """How many seeds decided the verdict: the largest n of the checks' intervals, else 1."""
+        return max([c.interval.n for c in self.checks if c.interval is not None], default=1)
+
+    @property
     def thresholds(self) -> dict[str, dict[str, Any]]:
         return {c.name: {"op": c.op, "threshold": c.threshold} for c in self.checks}
 
@@ -142,28 +178,47 @@ class Context:
     """Everything an experiment may use from the runner."""
 
     slug: str
-    scale: str  # "quick" | "full"
+    scale: str  # "tiny" | "quick" | "full"
     seed: int
-    device: str  # "cpu" | "cuda"
+    device: str  # the device this note runs on: "cpu" | "cuda"
     out_dir: Path  # the run's output folder
     progress: Callable[[float, str], None] = lambda fraction, message="": None
     figures: list[Figure] = field(default_factory=list)
+    artifacts: Any = None  # a deepnotes.artifacts.ArtifactStore for trained models notes share
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
+        self.out_dir = Path(self.out_dir)
+        if self.artifacts is None:
+            from ..artifacts import ArtifactStore
+
+            self.artifacts = ArtifactStore(self.out_dir / "artifacts")
 
     @property
     def quick(self) -> bool:
-        return self.scale == "quick"
+        """True at quick and tiny scale (tiny is quick with smaller sizes)."""
+        return self.scale != "full"
+
+    @property
+    def tiny(self) -> bool:
+        return self.scale == "tiny"
 
     @property
     def figures_dir(self) -> Path:
         return self.out_dir / "figures"
 
-    def pick(self, quick: Any, full: Any) -> Any:
-        """The value for the current scale."""
-        return quick if self.quick else full
+    def pick(self, quick: Any, full: Any, tiny: Any = None) -> Any:
+        """The value for the current scale; tiny falls back to quick's value when not given."""
+        if self.scale == "full":
+            return full
+        if self.scale == "tiny" and tiny is not None:
+            return tiny
+        return quick
 
     def generator(self, offset: int = 0) -> torch.Generator:
-        """A fresh torch.Generator seeded from the run's seed (+ offset)."""
-        return torch.Generator().manual_seed(self.seed + offset)
+        """A fresh torch.Generator on this note's device, seeded from the run's seed (+ offset)."""
+        return torch.Generator(device=self.device).manual_seed(self.seed + offset)
 
     def save_figure(self, fig, name: str, caption: str = "") -> Figure:
         """Saves a matplotlib figure as figures/<slug>-<name>.png and closes it."""
@@ -187,6 +242,7 @@ class NoteExperiment:
     title: str
     claim: str
     single_threaded: bool = False
+    devices: tuple[str, ...] = ("cpu",)  # where it can run; under --device cuda a CPU-only note says so
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -209,5 +265,6 @@ class Experiment(Protocol):
     slug: str
     title: str
     claim: str
+    devices: tuple[str, ...]
 
     def run(self, ctx: Context) -> Result: ...

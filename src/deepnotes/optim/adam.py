@@ -13,6 +13,17 @@ With step t, lr γ, betas (β1, β2), weight decay λ and gradient g (−g if ma
 square root nor Kingma's ε̂. AdamW is Adam with one switch flipped, the
 ``decoupled_weight_decay`` hook of the weight-decay step, as in torch.
 
+torch's AdamW decays by γλ, the learning rate times λ, so the λ that works
+best moves with γ by construction. Loshchilov & Hutter's Algorithm 2 multiplies
+λ by the schedule multiplier η_t alone:
+
+    AdamW(independent_weight_decay=True):   θ ← θ(1 − η_t·λ),   η_t = γ_t / γ_0
+
+with γ_0 the group's ``initial_lr`` (set at construction, as torch's LR
+schedulers and deepnotes.train.fit do). This is the "independent weight decay"
+of Wortsman et al. (2023) and Composer's DecoupledAdamW. It equals torch's form
+with λ_torch = λ/γ_0; the default (False) keeps torch's semantics exactly.
+
 Two kernels share one signature: ``_single_tensor_adam`` is the readable
 reference (a loop over parameters, op for op torch's for-loop, so it is
 bit-exact with ``torch.optim.Adam(foreach=False)``); ``_foreach_adam`` runs the
@@ -149,23 +160,49 @@ class Adam(Optimizer):
                 foreach = bool(params) and all(p.device.type == "cuda" for p in params)
             adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
                  foreach=foreach, amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2,
-                 lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+                 lr=group["lr"], weight_decay=_kernel_weight_decay(group), eps=group["eps"],
                  maximize=group["maximize"], decoupled_weight_decay=group["decoupled_weight_decay"])
         return loss
+
+
+def _kernel_weight_decay(group: dict) -> float:
+    """The λ the kernels multiply by the group's lr: λ itself, or λ/γ_0 for independent decay
+    (the kernel's γ_t·λ/γ_0 = η_t·λ)."""
+    if not group.get("independent_weight_decay", False):
+        return group["weight_decay"]
+    initial_lr = float(group["initial_lr"])
+    return group["weight_decay"] / initial_lr if initial_lr != 0 else 0.0
 
 
 class AdamW(Adam):
     """AdamW: Adam with decoupled weight decay θ ← θ(1 − γλ).
 
-    Same arguments and defaults as torch.optim.AdamW."""
+    Same arguments and defaults as torch.optim.AdamW, plus
+    ``independent_weight_decay``: False (default) decays by γ_t·λ as torch does;
+    True decays by η_t·λ, the schedule multiplier η_t = γ_t/γ_0 times λ, as in
+    Loshchilov & Hutter's algorithm (λ then no longer moves with the learning rate)."""
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], lr: float | Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
                  amsgrad: bool = False, *, maximize: bool = False, foreach: bool | None = None,
-                 capturable: bool = False, differentiable: bool = False, fused: bool | None = None) -> None:
+                 capturable: bool = False, differentiable: bool = False, fused: bool | None = None,
+                 independent_weight_decay: bool = False) -> None:
+        if not isinstance(independent_weight_decay, bool):
+            raise TypeError(f"independent_weight_decay must be a bool, got {independent_weight_decay!r}")
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True)
+        if independent_weight_decay:
+            self.defaults["independent_weight_decay"] = True
+            for group in self.param_groups:
+                group.setdefault("independent_weight_decay", True)
+                group.setdefault("initial_lr", group["lr"])  # γ_0: what η_t = γ_t/γ_0 is measured against
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group.get("independent_weight_decay"):
+            group.setdefault("initial_lr", group["lr"])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Whatever the loaded state says, AdamW decouples (torch does the same).
