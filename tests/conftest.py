@@ -1,4 +1,6 @@
 import os
+import sys
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -6,6 +8,8 @@ import torch
 
 matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Stand-in experiments must be importable by name: the runner starts each note in a fresh process.
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,14 @@
 """The deepnotes command end to end: list, run, report, bench and its errors."""
 import json
-import random
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
+from fake_experiments import DrawsFromGlobalRngs, Raises
 
 from deepnotes import cli
-from deepnotes.experiments import NOTES, REGISTRY, Check, Result
+from deepnotes.experiments import NOTES, REGISTRY
 from deepnotes.report import load_results
 
 
@@ -37,10 +36,12 @@ def test_run_stochastic_approximation_writes_results_report_and_figures(sa_run):
     assert note["verdict"] in ("reproduced", "partial", "not reproduced")
     assert len(note["checks"]) >= 6 and note["thresholds"]
     assert len(note["figures"]) >= 4
+    assert note["device"] == "cpu" and note["budget_seconds"] > 0 and note["seeds"] >= 1
     for fig in note["figures"]:
         assert (out / fig["path"]).stat().st_size > 1000
     html = (out / "report.html").read_text()
     assert note["verdict"] in html and "data:image/png;base64," in html
+    assert note["checks"][0]["label"] and note["checks"][0]["label"] in html  # named key numbers
     assert "<link" not in html and "<script src" not in html  # self-contained
     assert doc["environment"]["torch"] == torch.__version__
 
@@ -73,22 +74,6 @@ def test_not_implemented_note_is_listed_not_faked(tmp_path, monkeypatch):
     (note,) = load_results(tmp_path)["notes"]
     assert note["status"] == "not implemented" and note["verdict"] == "not implemented"
     assert note["checks"] == [] and note["metrics"] == {}
-
-
-class Raises:
-    slug, title, claim = "adamw", "raises", "it raises"
-
-    def run(self, ctx):
-        ctx.progress(0.5, "about to fail")
-        raise RuntimeError("boom in the middle")
-
-
-class DrawsFromGlobalRngs:
-    slug, title, claim = "medusa", "draws", "draws from every global RNG"
-
-    def run(self, ctx):
-        value = random.random() + float(np.random.rand()) + float(torch.rand(()))
-        return Result(metrics={"value": value}, checks=[Check("value is finite", value, "<", 10)])
 
 
 def test_an_experiment_that_raises_is_reported_and_the_others_still_run(tmp_path, monkeypatch):

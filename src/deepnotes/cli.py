@@ -40,7 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scale", choices=["quick", "full"], default="quick")
     run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    run.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                     help="run the notes that support it on this device (the others say they ran on the CPU)")
+    run.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                     help="continue the run in DIR: notes finished there at the same scale, seed and commit "
+                          "are kept, the rest run (DIR is also the output folder)")
+    cache = run.add_mutually_exclusive_group()
+    cache.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                       help="artifact store of trained models shared between notes and runs "
+                            "(default: ~/.cache/deepnotes/artifacts)")
+    cache.add_argument("--no-cache", action="store_true", help="retrain every shared model (kept in the run folder)")
     run.add_argument("--quiet", action="store_true", help="no progress display")
 
     report = sub.add_parser("report", help="rebuild report.html from DIR/results.json")
@@ -75,40 +84,45 @@ class _RichCallbacks:
     def __init__(self, bar: Progress, total: int):
         self.bar = bar
         self.overall = bar.add_task("all experiments", total=max(total, 1))
-        self.current = None
+        self.tasks: dict[str, int] = {}
 
     def start(self, slug, index, total):
-        self.current = self.bar.add_task(slug, total=1.0)
+        self.tasks[slug] = self.bar.add_task(slug, total=1.0)
 
     def progress(self, slug, fraction, message):
-        if self.current is not None:
-            self.bar.update(self.current, completed=min(max(fraction, 0.0), 1.0),
+        if slug in self.tasks:
+            self.bar.update(self.tasks[slug], completed=min(max(fraction, 0.0), 1.0),
                             description=f"{slug}: {message}" if message else slug)
 
     def done(self, slug, note):
-        if self.current is not None:
-            self.bar.update(self.current, completed=1.0, description=f"{slug}: {note['verdict']}")
-        self.bar.advance(self.overall)
+        if slug in self.tasks:  # notes kept by --resume were never started
+            self.bar.update(self.tasks[slug], completed=1.0, description=f"{slug}: {note['verdict']}")
+            self.bar.advance(self.overall)
 
 
 def _summary_table(doc: dict) -> Table:
     from .report.html import format_number, key_numbers
 
+    from .report.html import seconds_vs_budget
+
     table = Table(title="deepnotes run summary")
     table.add_column("note", no_wrap=True)
     table.add_column("verdict", no_wrap=True)
     table.add_column("key numbers (measured op threshold)", ratio=1)
-    table.add_column("seconds", no_wrap=True, justify="right")
+    table.add_column("device", no_wrap=True)
+    table.add_column("seeds", no_wrap=True, justify="right")
+    table.add_column("s / budget", no_wrap=True, justify="right")
     for n in doc["notes"]:
         style = VERDICT_STYLES.get(n["verdict"], "")
-        table.add_row(n["slug"], f"[{style}]{n['verdict']}[/]", key_numbers(n), format_number(n["seconds"]))
+        table.add_row(n["slug"], f"[{style}]{n['verdict']}[/]", key_numbers(n), n.get("device", "—"),
+                      format_number(n.get("seeds")), seconds_vs_budget(n, doc["scale"]))
+    table.caption = f"total {format_number(doc.get('seconds'))} s"
     return table
 
 
 def _cmd_run(args, console: Console) -> int:
     from .experiments import NOTES_BY_SLUG, REGISTRY
-    from .experiments.runner import run_notes
-    from .report import write_report, write_results
+    from .experiments.runner import ResumeError, run_notes
 
     unknown = [s for s in args.notes if s not in NOTES_BY_SLUG]
     if unknown:
@@ -118,24 +132,32 @@ def _cmd_run(args, console: Console) -> int:
 
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA device is available here; use --device cpu")
-    out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if args.resume is not None:
+        if args.out is not None and args.out.resolve() != args.resume.resolve():
+            raise UsageError(f"--resume {args.resume} writes into that folder; --out {args.out} names another")
+        if not args.resume.is_dir():
+            raise UsageError(f"--resume: {args.resume} is not a folder of an earlier run")
+        out = args.resume
+    else:
+        out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     slugs = args.notes or None
     n_runnable = len([s for s in (slugs or NOTES_BY_SLUG) if s in REGISTRY])
+    options = dict(registry=REGISTRY, scale=args.scale, seed=args.seed, device=args.device, out_dir=out,
+                   cache_dir=args.cache, use_cache=not args.no_cache, resume=args.resume is not None)
 
     show_progress = not args.quiet and console.is_terminal
-    if show_progress:
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                            TimeElapsedColumn(), console=console, transient=False)
-        callbacks = _RichCallbacks(progress, n_runnable)
-        with progress:
-            doc = run_notes(slugs, registry=REGISTRY, scale=args.scale, seed=args.seed, device=args.device,
-                            out_dir=out, callbacks=callbacks)
-    else:
-        doc = run_notes(slugs, registry=REGISTRY, scale=args.scale, seed=args.seed, device=args.device, out_dir=out)
-    write_results(doc, out)
-    report = write_report(doc, out)
+    try:
+        if show_progress:
+            progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                                TimeElapsedColumn(), console=console, transient=False)
+            with progress:
+                doc = run_notes(slugs, callbacks=_RichCallbacks(progress, n_runnable), **options)
+        else:
+            doc = run_notes(slugs, **options)
+    except ResumeError as err:
+        raise UsageError(str(err)) from None
     console.print(_summary_table(doc))
-    console.print(f"results: {out / 'results.json'}\nreport:  {report}")
+    console.print(f"results: {out / 'results.json'}\nreport:  {out / 'report.html'}")
     return 1 if any(n["status"] == "error" for n in doc["notes"]) else 0
 
 

@@ -64,16 +64,18 @@ def speed_ratio(ours: Callable[[], object], peer: Callable[[], object], repeats:
 
 # --- peak memory in a fresh process ---------------------------------------------------------------
 
-_CONTEXT = None
+_PRELOAD: set[str] = {"torch"}
 
 
-def fresh_process_context():
-    """multiprocessing's forkserver context with torch preloaded (one server per process)."""
-    global _CONTEXT
-    if _CONTEXT is None:
-        _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(["torch"])
-    return _CONTEXT
+def fresh_process_context(preload: tuple[str, ...] = ()):
+    """multiprocessing's forkserver context; its server imports torch (and `preload`) once, so each
+    process forked from it starts in milliseconds. Modules asked for after the server has started
+    are imported by each process instead."""
+    context = multiprocessing.get_context("forkserver")
+    if not set(preload) <= _PRELOAD:
+        _PRELOAD.update(preload)
+    context.set_forkserver_preload(sorted(_PRELOAD))
+    return context
 
 
 def _status_bytes(field: str) -> int:

@@ -11,7 +11,7 @@ from deepnotes.report.results import json_safe, load_results, write_results
 
 def make_doc():
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "created": "2026-12-01T00:00:00+00:00",
         "scale": "quick",
         "seed": 0,
@@ -22,16 +22,22 @@ def make_doc():
             {
                 "number": 5, "slug": "stochastic-approximation", "title": "SA", "claim": "c", "status": "ok",
                 "verdict": "reproduced", "summary": "", "metrics": {"x": 1.0, "y": None},
-                "checks": [{"name": "x small", "value": 1.0, "op": "<=", "threshold": 2.0, "passed": True}],
+                "checks": [{"name": "x small", "label": "x", "value": 1.0, "op": "<=", "threshold": 2.0,
+                            "passed": True},
+                           {"name": "a beats b", "label": "gain CI low", "value": 0.1, "op": ">", "threshold": 0.0,
+                            "passed": True, "interval": {"mean": 0.3, "low": 0.1, "high": 0.5, "n": 3,
+                                                         "level": 0.95, "statistic": "paired difference"}}],
                 "thresholds": {"x small": {"op": "<=", "threshold": 2.0}},
                 "figures": [{"name": "f", "path": "figures/stochastic-approximation-f.png", "caption": ""}],
                 "tables": [{"title": "t", "columns": ["a"], "rows": [[1]]}],
-                "seconds": 0.5, "error": None, "docs": "docs/notes/05-stochastic-approximation.md",
+                "seconds": 0.5, "budget_seconds": 15, "device": "cpu", "seeds": 3, "error": None,
+                "docs": "docs/notes/05-stochastic-approximation.md",
             },
             {
                 "number": 12, "slug": "medusa", "title": "Medusa", "claim": "c", "status": "not implemented",
                 "verdict": "not implemented", "summary": "", "metrics": {}, "checks": [], "thresholds": {},
-                "figures": [], "tables": [], "seconds": None, "error": None, "docs": "docs/notes/12-medusa.md",
+                "figures": [], "tables": [], "seconds": None, "budget_seconds": 75, "device": "cpu", "seeds": None,
+                "error": None, "docs": "docs/notes/12-medusa.md",
             },
         ],
     }
@@ -57,6 +63,12 @@ def test_valid_document_passes():
     (lambda d: d["notes"][0]["figures"][0].update(path="/etc/passwd"), "path"),
     (lambda d: d["notes"][0].update(number=13), "number"),
     (lambda d: d.update(scale="huge"), "scale"),
+    (lambda d: d["notes"][0].pop("device"), "device"),
+    (lambda d: d["notes"][0].update(device="tpu"), "device"),
+    (lambda d: d["notes"][0].update(seeds=0), "seeds"),
+    (lambda d: d["notes"][0].pop("budget_seconds"), "budget_seconds"),
+    (lambda d: d["notes"][0]["checks"][1]["interval"].pop("n"), "interval"),
+    (lambda d: d.update(schema_version=1), "schema_version"),
 ])
 def test_broken_documents_are_rejected(breakage, where):
     doc = copy.deepcopy(make_doc())

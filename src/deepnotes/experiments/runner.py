@@ -27,9 +27,13 @@ from ..report.environment import collect_environment
 from .base import Context, Result, seed_everything
 from .catalogue import NOTES, NOTES_BY_SLUG
 
-__all__ = ["run_notes", "Callbacks", "note_device", "SCHEMA_VERSION"]
+__all__ = ["run_notes", "Callbacks", "ResumeError", "note_device", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 2
+
+
+class ResumeError(ValueError):
+    """The folder to resume holds a results.json that cannot be read."""
 
 
 class Callbacks:
@@ -124,7 +128,7 @@ def _death_cause(exitcode: int | None) -> str:
 def _run_isolated(experiment, ctx_kwargs: dict, seed: int, on_progress) -> tuple[str, dict]:
     from ..measure import fresh_process_context
 
-    mp = fresh_process_context()
+    mp = fresh_process_context(preload=("deepnotes.experiments", "matplotlib.pyplot"))
     parent, child = mp.Pipe(duplex=False)
     proc = mp.Process(target=_child, args=(experiment, ctx_kwargs, seed, child), name=f"deepnotes-{ctx_kwargs['slug']}")
     proc.start()
@@ -159,7 +163,10 @@ def _previous(out_dir: Path, scale: str, seed: int, commit: str | None) -> dict[
 
     if not (out_dir / "results.json").is_file():
         return {}
-    doc = load_results(out_dir)
+    try:
+        doc = load_results(out_dir)
+    except ValueError as err:
+        raise ResumeError(f"cannot resume from {out_dir}: {err}") from None
     if doc["scale"] != scale or doc["seed"] != seed or doc["environment"].get("git_commit") != commit:
         return {}
     return {n["slug"]: n for n in doc["notes"] if n["status"] == "ok"}

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from pathlib import Path
 
 from .environment import REPO_ROOT
 
-__all__ = ["render_report", "write_report", "format_number", "key_numbers"]
+__all__ = ["render_report", "write_report", "format_number", "key_numbers", "seconds_vs_budget", "docs_html"]
 
 VERDICT_COLOURS = {
     "reproduced": "#1a7f37",
@@ -36,6 +35,7 @@ figure img { max-width: 520px; width: 100%; border: 1px solid #d0d7de; }
 figcaption { font-size: 13px; color: #59636e; max-width: 520px; }
 pre.error { background: #fff0f0; border: 1px solid #f5c2c7; padding: 0.7em; white-space: pre-wrap; }
 details { margin: 0.5em 0; } code { font-size: 13px; }
+.over { color: #cf222e; } .docs { border-left: 3px solid #d0d7de; padding-left: 1em; }
 """
 
 
@@ -55,14 +55,35 @@ def format_number(value) -> str:
     return str(value)
 
 
+def _interval_text(interval: dict | None) -> str:
+    if not interval:
+        return ""
+    return (f"mean {format_number(interval['mean'])} [{format_number(interval['low'])}, "
+            f"{format_number(interval['high'])}], n={interval['n']}")
+
+
 def key_numbers(note: dict, limit: int = 3) -> str:
-    """A short 'measured op threshold' list for the summary table."""
-    parts = [f"{format_number(c['value'])} {c['op']} {format_number(c['threshold'])}"
-             for c in note.get("checks", [])[:limit]]
+    """A short 'label: measured op threshold' list for the summary table."""
+    parts = []
+    for c in note.get("checks", [])[:limit]:
+        text = f"{c['label']}: " if c.get("label") else ""
+        text += f"{format_number(c['value'])} {c['op']} {format_number(c['threshold'])}"
+        if c.get("interval"):
+            text += f" (n={c['interval']['n']})"
+        parts.append(text)
     more = len(note.get("checks", [])) - limit
     if more > 0:
         parts.append(f"(+{more} more)")
     return "; ".join(parts)
+
+
+def seconds_vs_budget(note: dict, scale: str) -> str:
+    """'12.3 / 15' at quick scale (the budgets are quick-scale budgets), plain seconds otherwise."""
+    seconds = format_number(note.get("seconds"))
+    budget = note.get("budget_seconds")
+    if scale != "quick" or budget is None or note.get("seconds") is None:
+        return seconds
+    return f"{seconds} / {format_number(budget)}"
 
 
 def _badge(verdict: str) -> str:
@@ -78,12 +99,21 @@ def _embed(run_dir: Path, rel: str) -> str:
     return f'<img alt="{html.escape(rel)}" src="data:image/png;base64,{data}">'
 
 
-def _docs_link(run_dir: Path, docs: str) -> str:
+def docs_html(docs: str) -> str:
+    """The note's docs page: a link to the file and its text rendered in place, so the report
+    reads the same from any folder (the run folder has no docs/ beside it)."""
     target = REPO_ROOT / docs
-    if target.is_file():
-        href = os.path.relpath(target, run_dir.resolve())
-        return f'<a href="{html.escape(href)}">{html.escape(docs)}</a>'
-    return f"<code>{html.escape(docs)}</code>"
+    if not target.is_file():
+        return f"<p>Notes page: <code>{html.escape(docs)}</code> (not found beside this installation).</p>"
+    try:
+        from markdown_it import MarkdownIt
+
+        body = MarkdownIt("commonmark", {"html": False}).enable("table").render(target.read_text(encoding="utf-8"))
+    except ImportError:  # markdown-it-py comes with rich; plain text if it is missing
+        body = f"<pre>{html.escape(target.read_text(encoding='utf-8'))}</pre>"
+    link = f'<a href="{html.escape(target.resolve().as_uri())}">{html.escape(docs)}</a>'
+    return (f"<details><summary>Notes page: {html.escape(docs)}</summary><p>{link}</p>"
+            f'<div class="docs">{body}</div></details>')
 
 
 def _table(columns, rows) -> str:
@@ -96,25 +126,45 @@ def _table(columns, rows) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _section(note: dict, run_dir: Path) -> str:
+def _run_facts(note: dict, doc: dict) -> str:
+    """Device, seconds against budget and seeds of one note, in one line."""
+    device = note.get("device", doc["device"])
+    where = html.escape(device)
+    if device != doc["device"]:
+        where += f" (CPU only: --device {html.escape(doc['device'])} was asked, this note does not support it)"
+    seconds = html.escape(seconds_vs_budget(note, doc["scale"]))
+    over = (doc["scale"] == "quick" and note.get("seconds") is not None and note.get("budget_seconds")
+            and note["seconds"] > note["budget_seconds"])
+    seconds_html = f'<span class="over">{seconds} (over budget)</span>' if over else seconds
+    seeds = note.get("seeds")
+    seeds_html = f"{seeds} seed{'s' if seeds != 1 else ''}" if seeds else "—"
+    return (f"<p>Device: <strong>{where}</strong> · seconds{' / quick budget' if doc['scale'] == 'quick' else ''}: "
+            f"{seconds_html} · verdict decided over {seeds_html}.</p>")
+
+
+def _section(note: dict, run_dir: Path, doc: dict) -> str:
     out = [f'<h2 id="{note["slug"]}">{note["number"]}. {html.escape(note["title"])} {_badge(note["verdict"])}</h2>',
            f'<p class="claim"><strong>Claim.</strong> {html.escape(note["claim"])}</p>']
     if note["status"] == "not implemented":
         out.append("<p>This note's experiment is not implemented yet.</p>")
         return "\n".join(out)
+    out.append(_run_facts(note, doc))
     if note["status"] == "error":
-        out.append(f'<p>The experiment raised an error after {format_number(note["seconds"])} s:</p>'
+        out.append(f'<p>The experiment failed after {format_number(note["seconds"])} s:</p>'
                    f'<pre class="error">{html.escape(note["error"] or "")}</pre>')
     if note.get("summary"):
         out.append(f"<p>{html.escape(note['summary'])}</p>")
     if note["checks"]:
         rows = "".join(
-            f"<tr><td>{html.escape(c['name'])}</td><td class=\"num\">{format_number(c['value'])}</td>"
+            f"<tr><td>{html.escape(c.get('label') or '')}</td><td>{html.escape(c['name'])}</td>"
+            f"<td class=\"num\">{format_number(c['value'])}</td>"
             f"<td>{html.escape(c['op'])}</td><td class=\"num\">{format_number(c['threshold'])}</td>"
+            f"<td>{html.escape(_interval_text(c.get('interval')))}</td>"
             f"<td class=\"{'pass' if c['passed'] else 'fail'}\">{'pass' if c['passed'] else 'fail'}</td></tr>"
             for c in note["checks"])
-        out.append("<table><thead><tr><th>measured against the claim</th><th>value</th><th></th>"
-                   f"<th>threshold</th><th>result</th></tr></thead><tbody>{rows}</tbody></table>")
+        out.append("<table><thead><tr><th>check</th><th>measured against the claim</th><th>value</th><th></th>"
+                   "<th>threshold</th><th>over seeds: mean [95% CI]</th><th>result</th></tr></thead>"
+                   f"<tbody>{rows}</tbody></table>")
     for table in note["tables"]:
         out.append(f"<p><strong>{html.escape(table['title'])}</strong></p>{_table(table['columns'], table['rows'])}")
     for fig in note["figures"]:
@@ -123,7 +173,7 @@ def _section(note: dict, run_dir: Path) -> str:
     if note["metrics"]:
         out.append("<details><summary>All metrics</summary>"
                    + _table(["metric", "value"], sorted(note["metrics"].items())) + "</details>")
-    out.append(f"<p>Seconds: {format_number(note['seconds'])}. Notes page: {_docs_link(run_dir, note['docs'])}.</p>")
+    out.append(docs_html(note["docs"]))
     return "\n".join(out)
 
 
@@ -133,7 +183,9 @@ def render_report(doc: dict, run_dir: Path) -> str:
     summary_rows = "".join(
         f'<tr><td class="num">{n["number"]}</td><td><a href="#{n["slug"]}">{html.escape(n["title"])}</a>'
         f'<br><code>{n["slug"]}</code></td><td>{_badge(n["verdict"])}</td>'
-        f"<td>{html.escape(key_numbers(n))}</td><td class=\"num\">{format_number(n['seconds'])}</td></tr>"
+        f"<td>{html.escape(key_numbers(n))}</td><td>{html.escape(n.get('device', '—'))}</td>"
+        f"<td class=\"num\">{format_number(n.get('seeds'))}</td>"
+        f"<td class=\"num\">{html.escape(seconds_vs_budget(n, doc['scale']))}</td></tr>"
         for n in doc["notes"])
     env_rows = _table(["", ""], [[k, str(v)] for k, v in env.items()])
     counts = {}
@@ -146,11 +198,13 @@ def render_report(doc: dict, run_dir: Path) -> str:
 <body>
 <h1>deepnotes report</h1>
 <p class="sub">{html.escape(doc["created"])} · scale <strong>{doc["scale"]}</strong> · seed {doc["seed"]} ·
-device {doc["device"]} · {html.escape(tally)}</p>
-<table><thead><tr><th>#</th><th>note</th><th>verdict</th><th>key numbers (measured op threshold)</th>
-<th>seconds</th></tr></thead><tbody>{summary_rows}</tbody></table>
+device asked {doc["device"]} · {html.escape(tally)}</p>
+<table><thead><tr><th>#</th><th>note</th><th>verdict</th><th>key numbers (check: measured op threshold)</th>
+<th>device</th><th>seeds</th><th>seconds{" / budget" if doc["scale"] == "quick" else ""}</th></tr></thead>
+<tbody>{summary_rows}</tbody></table>
+<p class="sub">Total {format_number(doc.get("seconds"))} s.</p>
 <details><summary>Environment</summary>{env_rows}</details>
-{"".join(_section(n, run_dir) for n in doc["notes"])}
+{"".join(_section(n, run_dir, doc) for n in doc["notes"])}
 </body></html>
 """
 
