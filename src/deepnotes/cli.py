@@ -66,14 +66,16 @@ def _cmd_list(args, console: Console) -> int:
     from .experiments import NOTES, REGISTRY
 
     table = Table(title="deepnotes: the twelve notes")
-    for col in ("#", "slug", "status"):
+    for col in ("#", "slug", "status", "budget s"):
         table.add_column(col, no_wrap=True)
     table.add_column("title", ratio=1)
     table.add_column("claim", ratio=3)
     for note in NOTES:
         status = "implemented" if note.slug in REGISTRY else "not yet"
         table.add_row(str(note.number), note.slug,
-                      f"[green]{status}[/]" if note.slug in REGISTRY else f"[dim]{status}[/]", note.title, note.claim)
+                      f"[green]{status}[/]" if note.slug in REGISTRY else f"[dim]{status}[/]",
+                      f"{note.budget_seconds:g}", note.title, note.claim)
+    table.caption = "budget: wall-clock seconds at quick scale on 2 cores"
     console.print(table)
     return 0
 
