@@ -117,3 +117,30 @@ def test_bench_sa_quick_writes_json_with_ratios(tmp_path):
     # Both are prefix means of values near 1000: float32 rounding, nothing worse.
     for method in ("running_mean", "cumsum_mean"):
         assert 0 <= payload["max_abs_error"][method] < 1e-2
+
+
+def test_resume_into_another_out_folder_or_a_missing_one_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    assert cli.main(["run", "medusa", "--resume", str(tmp_path / "a"), "--out", str(tmp_path / "b")]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert cli.main(["run", "medusa", "--resume", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_cache_and_no_cache_exclude_each_other(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "medusa", "--cache", str(tmp_path), "--no-cache"])
+    assert exit_info.value.code == 2
+
+
+def test_resume_through_the_cli_keeps_finished_notes(tmp_path, monkeypatch):
+    monkeypatch.setitem(REGISTRY, "medusa", DrawsFromGlobalRngs())
+    monkeypatch.setitem(REGISTRY, "adamw", Raises())
+    assert cli.main(["run", "medusa", "adamw", "--out", str(tmp_path), "--quiet", "--cache", str(tmp_path / "c")]) == 1
+    first = load_results(tmp_path)["notes"][0]
+    monkeypatch.setitem(REGISTRY, "medusa", Raises())  # would fail now: it must not run again
+    monkeypatch.setitem(REGISTRY, "adamw", DrawsFromGlobalRngs())
+    assert cli.main(["run", "medusa", "adamw", "--resume", str(tmp_path), "--quiet",
+                     "--cache", str(tmp_path / "c")]) == 0
+    notes = load_results(tmp_path)["notes"]
+    assert notes[0] == first and notes[1]["status"] == "ok"

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, console)
     except UsageError as err:
-        Console(stderr=True).print(f"[red]deepnotes {args.command}:[/] {err}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[red]deepnotes {args.command}:[/] {err}", highlight=False)
         return 2
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
