@@ -76,3 +76,23 @@ def test_note_experiment_takes_title_and_claim_from_the_catalogue_and_can_run_si
     assert Probe.title == NOTES_BY_SLUG["medusa"].title and Probe.claim == NOTES_BY_SLUG["medusa"].claim
     assert Probe().run(None).verdict == "reproduced"
     assert torch.get_num_threads() == before
+
+
+def test_the_quick_budgets_of_the_twelve_notes_fit_the_ten_minute_run():
+    from deepnotes.experiments.catalogue import QUICK_BUDGET_SECONDS
+
+    assert all(note.budget_seconds > 0 for note in NOTES)
+    assert sum(note.budget_seconds for note in NOTES) <= QUICK_BUDGET_SECONDS == 600
+
+
+def test_context_generator_is_seeded_from_the_run_seed_on_the_notes_device(tmp_path):
+    import torch
+
+    from deepnotes.experiments.base import Context
+
+    ctx = Context(slug="medusa", scale="tiny", seed=7, device="cpu", out_dir=tmp_path)
+    a, b = ctx.generator(1), ctx.generator(1)
+    assert torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
+    assert a.device.type == "cpu" and ctx.pick(1, 2, tiny=0) == 0 and ctx.pick(1, 2) == 1
+    with pytest.raises(ValueError, match="scale"):
+        Context(slug="medusa", scale="huge", seed=0, device="cpu", out_dir=tmp_path)
