@@ -80,7 +80,8 @@ NOTES: tuple[Note, ...] = (
          budget_seconds=60),
     Note(11, "mixed-precision", "Mixed precision: FP16, BF16, loss scaling",
          "Without loss scaling a measured fraction of FP16 gradients underflow, with dynamic scaling "
-         "almost none; FP16+scaling and BF16 track FP32's final loss within 2%; BF16 speed is measured.",
+         "almost none; FP16+scaling and BF16 track FP32's final loss within FP32's own seed-to-seed spread "
+         "(95% CI over seeds); BF16 speed is measured.",
          budget_seconds=45),
     Note(12, "medusa", "Medusa: extra decoding heads and tree attention",
          "Greedy acceptance reproduces the base model's greedy output token for token; trained heads "
