@@ -50,5 +50,6 @@ def map_runs(fn: Callable[..., Any], arg_tuples: Iterable[Sequence[Any]], worker
             return [_call(job) for job in jobs]
         finally:
             torch.set_num_threads(threads)
-    with fresh_process_context().Pool(workers, initializer=_one_thread) as pool:
+    # The server imports fn's module once; the workers forked from it start with it imported.
+    with fresh_process_context(preload=(fn.__module__,)).Pool(workers, initializer=_one_thread) as pool:
         return pool.map(_call, jobs, chunksize=1)
