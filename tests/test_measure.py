@@ -67,3 +67,22 @@ def test_map_runs_gives_the_same_results_in_parallel_and_in_order_on_one_thread_
     parallel = map_runs(seeded_draw, args, workers=2)
     assert [v for v, _ in serial] == [v for v, _ in parallel]
     assert all(threads == 1 for _, threads in serial + parallel)
+
+
+def crashes_on(seed):
+    import ctypes
+
+    if seed == 1:
+        ctypes.string_at(0)  # SIGSEGV in the worker
+    return seed
+
+
+def test_map_runs_raises_when_a_worker_dies_instead_of_hanging():
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        map_runs(crashes_on, [(0,), (1,)], workers=2)
+    except BrokenProcessPool:
+        pass
+    else:
+        raise AssertionError("expected BrokenProcessPool")

@@ -9,6 +9,7 @@ are the same whether the runs go in parallel or one after another.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -50,6 +51,9 @@ def map_runs(fn: Callable[..., Any], arg_tuples: Iterable[Sequence[Any]], worker
             return [_call(job) for job in jobs]
         finally:
             torch.set_num_threads(threads)
-    # The server imports fn's module once; the workers forked from it start with it imported.
-    with fresh_process_context(preload=(fn.__module__,)).Pool(workers, initializer=_one_thread) as pool:
-        return pool.map(_call, jobs, chunksize=1)
+    # The server imports fn's module (and torch._dynamo, which any torch optimizer imports on its first
+    # step) once; the workers forked from it start with both imported. A worker that dies (a crash, a
+    # module that fails to import) raises BrokenProcessPool here instead of hanging the pool.
+    context = fresh_process_context(preload=(fn.__module__, "torch._dynamo"))
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+        return list(pool.map(_call, jobs))

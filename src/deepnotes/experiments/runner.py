@@ -128,7 +128,9 @@ def _death_cause(exitcode: int | None) -> str:
 def _run_isolated(experiment, ctx_kwargs: dict, seed: int, on_progress) -> tuple[str, dict]:
     from ..measure import fresh_process_context
 
-    mp = fresh_process_context(preload=("deepnotes.experiments", "matplotlib.pyplot"))
+    # Imported once by the server, not by every note: the experiments, pyplot, and torch._dynamo
+    # (any torch optimizer imports it on its first step).
+    mp = fresh_process_context(preload=("deepnotes.experiments", "matplotlib.pyplot", "torch._dynamo"))
     parent, child = mp.Pipe(duplex=False)
     proc = mp.Process(target=_child, args=(experiment, ctx_kwargs, seed, child), name=f"deepnotes-{ctx_kwargs['slug']}")
     proc.start()
