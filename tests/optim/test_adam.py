@@ -287,10 +287,15 @@ def test_adamw_stays_decoupled_whatever_the_loaded_state_says():
 
 
 def test_constructor_signature_and_defaults_are_torchs():
+    # AdamW adds exactly one argument, last and keyword-only, whose default keeps torch's semantics.
+    extra = {Adam: [], AdamW: ["independent_weight_decay"]}
     for ours, theirs in ((Adam, torch.optim.Adam), (AdamW, torch.optim.AdamW)):
         a, b = inspect.signature(ours.__init__).parameters, inspect.signature(theirs.__init__).parameters
-        assert list(a) == list(b)
-        assert {k: (v.default, v.kind) for k, v in a.items()} == {k: (v.default, v.kind) for k, v in b.items()}
+        assert list(a) == list(b) + extra[ours]
+        assert {k: (v.default, v.kind) for k, v in a.items() if k in b} == \
+            {k: (v.default, v.kind) for k, v in b.items()}
+    flag = inspect.signature(AdamW.__init__).parameters["independent_weight_decay"]
+    assert (flag.default, flag.kind) == (False, inspect.Parameter.KEYWORD_ONLY)
 
 
 # --- edge cases and errors -------------------------------------------------------------------
@@ -355,3 +360,157 @@ def test_bad_hyperparameters_raise_value_error_naming_them(cls, kwargs, name):
     if not any(k in kwargs for k in ("fused", "capturable", "differentiable", "foreach")):
         with pytest.raises((ValueError, IndexError)):
             torch.optim.Adam([torch.nn.Parameter(torch.ones(1))], **kwargs)
+
+
+# --- AdamW(independent_weight_decay=True): θ ← θ(1 − η_t·λ), η_t = γ_t/γ_0 -------------------------
+
+ETAS = [0.0, 1.0, 0.5, 0.25, 0.9, 0.1]  # schedule multipliers η_1..η_6, a warm-up step with η = 0 first
+
+
+def zero_gradient_run(independent, etas, gamma0, lam, theta0, foreach):
+    """θ after steps with zero gradients and lr γ_0·η_i, as a float64 vector."""
+    theta = torch.nn.Parameter(theta0.clone())
+    opt = AdamW([theta], lr=gamma0, weight_decay=lam, independent_weight_decay=independent, foreach=foreach)
+    out = []
+    for eta in etas:
+        opt.param_groups[0]["lr"] = gamma0 * eta
+        theta.grad = torch.zeros_like(theta)
+        opt.step()
+        out.append(theta.detach().clone())
+    return out
+
+
+@pytest.mark.parametrize("foreach", PATHS.values(), ids=PATHS.keys())
+def test_zero_gradient_steps_decay_by_the_schedule_multiplier_times_lambda(foreach):
+    # With g = 0, m = v = 0 and Adam's step m/(√v̂ + ε) is 0: only the decay moves θ.
+    gamma0, lam = 0.05, 0.3
+    theta0 = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
+    paper = zero_gradient_run(True, ETAS, gamma0, lam, theta0, foreach)
+    torch_form = zero_gradient_run(False, ETAS, gamma0, lam, theta0, foreach)
+    for t in range(1, len(ETAS) + 1):
+        want_paper = theta0 * math.prod(1 - eta * lam for eta in ETAS[:t])             # Π(1 − η_i·λ)
+        want_torch = theta0 * math.prod(1 - gamma0 * eta * lam for eta in ETAS[:t])    # Π(1 − γ_i·λ)
+        torch.testing.assert_close(paper[t - 1], want_paper, rtol=1e-14, atol=0)
+        torch.testing.assert_close(torch_form[t - 1], want_torch, rtol=1e-14, atol=0)
+    # The two forms differ by a factor γ_0 in the decay: not the same trajectory.
+    assert (paper[-1] - torch_form[-1]).abs().max() > 0.1
+
+
+def seeded_net(seed):
+    """A float64 MLP whose weights come from a generator (no global seeding)."""
+    from deepnotes.nn.init import reset_parameters_
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).to(F64)
+    return reset_parameters_(net, torch.Generator().manual_seed(seed))
+
+
+def scheduled_run(make_opt, steps=12, seed=0):
+    """Parameters and optimizer after `steps` steps under LambdaLR(warm-up + cosine) on a regression."""
+    from deepnotes.optim.schedules import get_schedule, lambda_lr
+
+    net = seeded_net(seed)
+    opt = make_opt(net.parameters())
+    sched = lambda_lr(opt, get_schedule("cosine", warmup_steps=3, total_steps=steps))
+    gen = torch.Generator().manual_seed(seed + 1)
+    trajectory = []
+    for _ in range(steps):
+        x = torch.randn(16, 4, generator=gen, dtype=F64)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(net(x), torch.sin(x.sum(1, keepdim=True))).backward()
+        opt.step()
+        sched.step()
+        trajectory.append([p.detach().clone() for p in net.parameters()])
+    return trajectory, opt
+
+
+@pytest.mark.parametrize("foreach", PATHS.values(), ids=PATHS.keys())
+def test_independent_lambda_is_torch_form_with_lambda_over_initial_lr_step_for_step(foreach):
+    gamma0, lam = 3e-2, 2e-3
+    ours, _ = scheduled_run(lambda p: AdamW(p, lr=gamma0, weight_decay=lam, independent_weight_decay=True,
+                                            foreach=foreach))
+    theirs, _ = scheduled_run(lambda p: torch.optim.AdamW(p, lr=gamma0, weight_decay=lam / gamma0, foreach=False))
+    for step_a, step_b in zip(ours, theirs):
+        for a, b in zip(step_a, step_b):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    # and it is not the torch form with the same λ (the decay is γ_0 = 0.03 times weaker there)
+    same_lambda, _ = scheduled_run(lambda p: torch.optim.AdamW(p, lr=gamma0, weight_decay=lam))
+    assert max((a - b).abs().max() for a, b in zip(ours[-1], same_lambda[-1])) > 1e-6
+
+
+def test_flag_off_is_bit_identical_to_torch_adamw_under_a_schedule():
+    kw = dict(lr=3e-2, weight_decay=0.1, amsgrad=True)
+    ours, opt_a = scheduled_run(lambda p: AdamW(p, independent_weight_decay=False, **kw))
+    theirs, opt_b = scheduled_run(lambda p: torch.optim.AdamW(p, **kw))  # both: the for-loop on CPU
+    for step_a, step_b in zip(ours, theirs):
+        assert all(torch.equal(a, b) for a, b in zip(step_a, step_b))
+    sd_a, sd_b = opt_a.state_dict(), opt_b.state_dict()
+    assert sd_a["param_groups"] == sd_b["param_groups"]  # no extra key when the flag is off
+    for k in sd_b["state"]:
+        assert all(torch.equal(sd_a["state"][k][key], sd_b["state"][k][key]) for key in sd_b["state"][k])
+
+
+def test_independent_foreach_equals_for_loop_under_a_schedule():
+    kw = dict(lr=3e-2, weight_decay=0.05, independent_weight_decay=True)
+    loop, _ = scheduled_run(lambda p: AdamW(p, foreach=False, **kw))
+    fast, _ = scheduled_run(lambda p: AdamW(p, foreach=True, **kw))
+    for a, b in zip(loop[-1], fast[-1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_a_param_group_added_later_decays_against_its_own_initial_lr():
+    lam, gamma_a, gamma_b = 0.2, 0.1, 0.02
+    a = torch.nn.Parameter(torch.ones(2, dtype=F64))
+    b = torch.nn.Parameter(torch.ones(2, dtype=F64))
+    opt = AdamW([a], lr=gamma_a, weight_decay=lam, independent_weight_decay=True)
+    opt.add_param_group({"params": [b], "lr": gamma_b})
+    assert opt.param_groups[1]["initial_lr"] == gamma_b
+    assert opt.param_groups[1]["independent_weight_decay"] is True
+    etas = [1.0, 0.5, 0.25]
+    for eta in etas:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * eta
+        a.grad, b.grad = torch.zeros_like(a), torch.zeros_like(b)
+        opt.step()
+    want = math.prod(1 - eta * lam for eta in etas)  # the same for both groups: η_t·λ, whatever γ_0
+    torch.testing.assert_close(a.detach(), torch.full((2,), want, dtype=F64), rtol=1e-14, atol=0)
+    torch.testing.assert_close(b.detach(), torch.full((2,), want, dtype=F64), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("flag", [1, 0, "True", None, 1.0])
+def test_a_non_bool_flag_raises_type_error_naming_it(flag):
+    with pytest.raises(TypeError, match="independent_weight_decay"):
+        AdamW([torch.nn.Parameter(torch.ones(1))], independent_weight_decay=flag)
+
+
+@pytest.mark.parametrize("fresh_flag", [True, False])
+def test_state_dict_round_trip_keeps_the_flag_and_initial_lr(fresh_flag):
+    gamma0, lam = 3e-2, 0.5
+    net_a = seeded_net(0)
+    opt_a = AdamW(net_a.parameters(), lr=gamma0, weight_decay=lam, independent_weight_decay=True)
+    gen = torch.Generator().manual_seed(4)
+
+    def train(net, opt, steps, gen_state):
+        g = torch.Generator()
+        g.set_state(gen_state)
+        for step in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * 0.5 ** step
+            x = torch.randn(8, 4, generator=g, dtype=F64)
+            opt.zero_grad()
+            net(x).pow(2).mean().backward()
+            opt.step()
+
+    train(net_a, opt_a, 3, gen.get_state())
+    sd = copy.deepcopy(opt_a.state_dict())
+    assert sd["param_groups"][0]["independent_weight_decay"] is True
+    assert sd["param_groups"][0]["initial_lr"] == gamma0
+    # A fresh optimizer built otherwise (another lr, flag on or off) takes both from the state dict.
+    net_b = copy.deepcopy(net_a)
+    opt_b = AdamW(net_b.parameters(), lr=1.0, weight_decay=lam, independent_weight_decay=fresh_flag)
+    opt_b.load_state_dict(sd)
+    assert opt_b.param_groups[0]["independent_weight_decay"] is True
+    assert opt_b.param_groups[0]["initial_lr"] == gamma0
+    state = gen.get_state()
+    train(net_a, opt_a, 4, state)
+    train(net_b, opt_b, 4, state)
+    assert all(torch.equal(a, b) for a, b in zip(net_a.parameters(), net_b.parameters()))
