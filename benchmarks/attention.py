@@ -12,18 +12,15 @@ are time ratios.
 2. sparse bool masks with ~90% of tiles empty (N=4096): ours vs SDPA given the
    same mask (SDPA adds a mask to every tile; ours skips empty ones).
    Target: >= 2x faster than SDPA.
-3. peak extra memory vs N up to 16384 (B=1, H=1, D=64, forward; VmHWM reset
-   through /proc/self/clear_refs before each call). Target: ours <= 5% of
-   naive's extra at N = 16384.
+3. peak extra memory vs N up to 16384 (B=1, H=1, D=64, forward), each reading
+   in a fresh process (deepnotes.measure.peak_memory, as the experiment does).
+   Target: ours <= 5% of naive's extra at N = 16384.
 4. bf16 inputs; a decode shape (Sq=1, Sk=16384).
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import re
-import statistics
 
 import torch
 import torch.nn.functional as F
@@ -33,21 +30,11 @@ from rich.table import Table
 from deepnotes.attention import attention_reference, flash_attention
 from deepnotes.attention.blockwise import plan_tiles
 from deepnotes.attention.inputs import check_inputs
-from deepnotes.bench import median_time, write_result
+from deepnotes.bench import write_result
+from deepnotes.experiments.flash_attention import peak_forward_bytes
+from deepnotes.measure import interleaved_times
 
 console = Console()
-
-
-def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
-    """Median seconds per method, the methods alternating within every repeat."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(median_time(fn, repeats=1, warmup=0))
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _qkv(B, H, N, D, dtype=torch.float32, grad=False, Sq=None, seed=0):
@@ -93,7 +80,7 @@ def dense(quick: bool) -> list[dict]:
                 # at N = 8192 it would take ~1 min per configuration: it is timed up to N = 4096.
                 need = (6 if backward else 3) * B * H * N * N * 4
                 naive = need < 0.4 * _available_bytes() and N <= 4096
-                t = interleaved(_methods(q, k, v, causal, backward, naive=naive), repeats[N],
+                t = interleaved_times(_methods(q, k, v, causal, backward, naive=naive), repeats[N],
                                 warmup=0 if N >= 8192 else 1)
                 flops = 4 * B * H * N * N * D * (3.5 if backward else 1.0) * (0.5 if causal else 1.0)
                 rows.append(dict(N=N, causal=causal, pass_="fwd+bwd" if backward else "fwd",
@@ -124,7 +111,7 @@ def sparse(quick: bool) -> list[dict]:
         for backward in (False, True):
             q, k, v = _qkv(B, H, N, D, grad=backward)
             spec = check_inputs(q, k, v, mask=mask)
-            t = interleaved(_methods(q, k, v, False, backward, mask=mask, naive=False), 3 if not quick else 2)
+            t = interleaved_times(_methods(q, k, v, False, backward, mask=mask, naive=False), 3 if not quick else 2)
             tm = plan_tiles(spec)
             rows.append(dict(layout=name, N=N, pass_="fwd+bwd" if backward else "fwd", visible_blocks=frac,
                              computed_tiles=tm.visible_fraction, tiles=[tm.block_q, tm.block_k], seconds=t,
@@ -134,41 +121,14 @@ def sparse(quick: bool) -> list[dict]:
     return rows
 
 
-def _hwm() -> int:
-    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
-
-
-def _rss() -> int:
-    return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
-
-
-def peak_extra(fn) -> float:
-    """Peak resident bytes above the level before fn() (VmHWM reset via /proc/self/clear_refs)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so that reuse is counted
-    except OSError:
-        pass
-    before = _rss()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    out = fn()
-    extra = _hwm() - before
-    del out
-    return float(max(0, extra))
-
-
 def memory(quick: bool) -> list[dict]:
     Ns = [1024, 2048, 4096] if quick else [1024, 2048, 4096, 8192, 16384]
     rows = []
     for N in Ns:
-        q, k, v = _qkv(1, 1, N, 64)
         row = {"N": N, "extra_bytes": {}}
-        with torch.no_grad():
-            row["extra_bytes"]["ours"] = peak_extra(lambda: flash_attention(q, k, v))  # noqa: B023
-            row["extra_bytes"]["sdpa"] = peak_extra(lambda: F.scaled_dot_product_attention(q, k, v))
-            if 3 * N * N * 4 < 0.4 * _available_bytes():
-                row["extra_bytes"]["naive"] = peak_extra(lambda: attention_reference(q, k, v))
+        for method in ("ours", "sdpa", "naive"):
+            if method != "naive" or 3 * N * N * 4 < 0.4 * _available_bytes():
+                row["extra_bytes"][method] = peak_forward_bytes(method, N, readings=1 if quick else 3)
         n = row["extra_bytes"].get("naive")
         row["ours_over_naive"] = row["extra_bytes"]["ours"] / n if n else None
         rows.append(row)
@@ -183,12 +143,12 @@ def bf16_and_decode(quick: bool) -> list[dict]:
     for backward in (False, True):
         # naive bf16 on this CPU takes ~15 s (forward) and ~35 s (forward+backward) per run at N=4096
         q, k, v = _qkv(1, 8, N, 64, dtype=torch.bfloat16, grad=backward)
-        t = interleaved(_methods(q, k, v, True, backward, naive=not backward), 2 if quick else 3)
+        t = interleaved_times(_methods(q, k, v, True, backward, naive=not backward), 2 if quick else 3)
         rows.append(dict(case=f"bf16 causal N={N}", pass_="fwd+bwd" if backward else "fwd", seconds=t,
                          ratio_vs_sdpa=t["sdpa"] / t["ours"]))
     Sk = 4096 if quick else 16384
     q, k, v = _qkv(1, 8, Sk, 64, Sq=1)
-    t = interleaved(_methods(q, k, v, False, False), 5 if quick else 10)
+    t = interleaved_times(_methods(q, k, v, False, False), 5 if quick else 10)
     rows.append(dict(case=f"decode Sq=1 Sk={Sk} fp32", pass_="fwd", seconds=t, ratio_vs_sdpa=t["sdpa"] / t["ours"]))
     for r in rows:
         console.print(f"  {r['case']} {r['pass_']}: ours/SDPA speed {r['ratio_vs_sdpa']:.2f}")

@@ -23,6 +23,7 @@ from .stats import Interval
 __all__ = [
     "VERDICTS",
     "Check",
+    "Part",
     "Figure",
     "Table",
     "Result",
@@ -99,6 +100,15 @@ class Check:
         if self.interval is not None:
             out["interval"] = self.interval.to_json()
         return out
+
+
+@dataclass
+class Part:
+    """What one part of a claim contributes to the Result: its metrics, checks and tables."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    tables: list["Table"] = field(default_factory=list)
 
 
 @dataclass

@@ -24,7 +24,6 @@ weights: the parameters stay fp32, only the compute is low precision):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ import torch
 from ..amp import FORMATS, DynamicLossScaler, float_info
 from ..measure import interleaved_times
 from ..train import fit
-from .base import Check, Context, NoteExperiment, Result, Table
+from .base import Check, Context, NoteExperiment, Part, Result, Table
 from .digits import DigitsCNN, cross_entropy_loss, load_digits_split
 from .parallel import map_runs
 from .stats import Interval, mean_ci
@@ -53,14 +52,6 @@ RUNS: dict[str, tuple[str, str, str | int | None]] = {
     "fp16 + scaler, short interval": ("fp16_scaler_short", "fp16", "run"),
 }
 DECIDED = ("bf16", "fp16 + scaler")  # the precisions the claim is about
-
-
-@dataclass
-class Part:
-    """What one part of the experiment contributes to the Result."""
-    metrics: dict[str, float] = field(default_factory=dict)
-    checks: list[Check] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
 
 
 # --- pure helpers ---------------------------------------------------------------------------------

@@ -1,49 +1,57 @@
 """Note 7: upsampling — interpolation, pixel shuffle, transposed convolution.
 
-Three measurements:
+Three measurements, each a pure function below returning its metrics, checks
+and table; ``Upsampling.measure`` composes them:
 
-* parity: every operator of deepnotes.nn.upsampling against torch's on random
-  float32 inputs (all interpolation modes, both align_corners, non-integer
-  scales; pixel (un)shuffle; transposed convolution with stride, padding,
-  output_padding, dilation and groups; max unpooling): the largest absolute
-  difference must be <= 1e-5, the float32 tolerance of the tests;
-* checkerboard at initialisation: each x2 layer (16 -> 16 channels, torch's
-  default init drawn from a seeded generator, float64) maps a constant image;
-  the checkerboard index is the share of the output's energy at the stride
-  frequencies (0, pi), (pi, 0), (pi, pi), on the interior (2 pixels cropped),
-  averaged over channels and seeds. Transposed convolution with k = 3, s = 2
-  must show >= 1% there; resize-convolution and ICNR sub-pixel convolution
-  <= 1e-8 (zero up to rounding). k = 4, s = 2 and sub-pixel without ICNR are
-  reported beside them;
-* learned x2 super-resolution on sklearn digits (the 8x8 digits rendered at
-  32x32 as ink squares under a Gaussian blur, area-downsampled to 16x16):
-  PSNR of nearest, bilinear and bicubic interpolation and of the same small CNN
-  with a transposed-conv, resize-conv or ICNR sub-pixel upsampler. Each learned
-  upsampler must beat the best fixed interpolation.
+* ``parity``: every operator of deepnotes.nn.upsampling against torch's on
+  random float32 inputs (all interpolation modes, both align_corners,
+  non-integer scales; pixel (un)shuffle; transposed convolution with stride,
+  padding, output_padding, dilation and groups; max unpooling): the largest
+  absolute difference must be <= 1e-5, the float32 tolerance of the tests;
+* ``checkerboard_at_init``: each x2 layer (16 -> 16 channels, torch's default
+  init drawn from a seeded generator, float64) maps a constant image; the
+  checkerboard index is the share of the output's energy at the stride
+  frequencies (0, pi), (pi, 0), (pi, pi),
+
+      index = (|Y(0, pi)|^2 + |Y(pi, 0)|^2 + |Y(pi, pi)|^2) / sum |Y|^2,   Y = FFT2(y),
+
+  on the interior (2 pixels cropped), averaged over channels and seeds.
+  Transposed convolution with k = 3, s = 2 must show >= 1% there;
+  resize-convolution and ICNR sub-pixel convolution <= 1e-8 (zero up to
+  rounding). k = 4, s = 2 and sub-pixel without ICNR are reported beside them;
+* ``super_resolution``: learned x2 super-resolution of the digits (the 8x8
+  images rendered at 32x32 as ink squares under a Gaussian blur,
+  area-downsampled to 16x16): PSNR of nearest, bilinear and bicubic
+  interpolation and of the same small CNN with a transposed-conv, resize-conv
+  or ICNR sub-pixel upsampler. Each learned upsampler must beat the best fixed
+  interpolation.
 """
 from __future__ import annotations
 
-import math
+import functools
 
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 from ..nn import upsampling as U
+from ..nn.init import rng_scope
 from ..optim import AdamW
+from ..optim.schedules import set_lr, warmup_cosine
 from .base import Check, Context, NoteExperiment, Result, Table
+from .digits import load_digits_tensors
 
-__all__ = ["Upsampling", "checkerboard_index", "make_upsampler"]
-
-def _key(name: str) -> str:
-    """A metric name from a label: 'sub-pixel (no ICNR)' -> 'sub_pixel_no_icnr'."""
-    return "_".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
-
+__all__ = ["Upsampling", "parity", "checkerboard_index", "checkerboard_at_init", "make_upsampler",
+           "render_digits", "digits_sr_data", "psnr", "SRNet", "train_sr", "super_resolution"]
 
 LAYERS = ["tconv k3 s2", "tconv k4 s2", "resize-conv", "sub-pixel ICNR", "sub-pixel (no ICNR)"]
 LEARNED = ["tconv k4 s2", "resize-conv", "sub-pixel ICNR"]
 FIXED = ["nearest", "bilinear", "bicubic"]
+
+
+def _key(name: str) -> str:
+    """A metric name from a label: 'sub-pixel (no ICNR)' -> 'sub_pixel_no_icnr'."""
+    return "_".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
 
 
 # --- 1. parity with torch -----------------------------------------------------------------------------
@@ -77,29 +85,35 @@ def parity_errors(generator: torch.Generator) -> dict[str, float]:
     return errors
 
 
+def parity(generator: torch.Generator):
+    """(metrics, checks, table) of the worst |ours - torch| over every operator."""
+    errors = parity_errors(generator)
+    worst = max(errors.values())
+    check = Check("every operator vs torch, float32: max |ours - torch|", worst, "<=", 1e-5, label="parity vs torch")
+    table = Table("Parity with torch (float32, random inputs)", ["operator", "max |ours - torch|"],
+                  [[k, f"{v:.2e}"] for k, v in errors.items()])
+    return {"parity_max_abs_error": worst}, [check], table
+
+
 # --- 2. checkerboard at initialisation -------------------------------------------------------------------
 
 def make_upsampler(kind: str, c_in: int, c_out: int, generator: torch.Generator) -> nn.Module:
     """An x2 layer (N, c_in, H, W) -> (N, c_out, 2H, 2W) with torch's default init drawn from `generator`."""
-    if kind == "tconv k3 s2":
-        layer = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1)
-    elif kind == "tconv k4 s2":
-        layer = nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)
-    elif kind == "resize-conv":
-        layer = U.ResizeConv2d(c_in, c_out, scale=2)
-    elif kind in ("sub-pixel ICNR", "sub-pixel (no ICNR)"):
-        layer = U.SubPixelConv2d(c_in, c_out, scale=2, icnr=False)
-    else:
+    if kind not in LAYERS:
         raise ValueError(f"make_upsampler: unknown kind {kind!r}; expected one of {LAYERS}")
-    with torch.no_grad():
-        for m in layer.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):  # torch's default: kaiming_uniform(a=sqrt 5)
-                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
-                fan_in = nn.init._calculate_fan_in_and_fan_out(m.weight)[0]
-                nn.init.uniform_(m.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), generator=generator)
-        if kind == "sub-pixel ICNR":
+    with rng_scope(generator):
+        if kind == "tconv k3 s2":
+            layer = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1)
+        elif kind == "tconv k4 s2":
+            layer = nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)
+        elif kind == "resize-conv":
+            layer = U.ResizeConv2d(c_in, c_out, scale=2)
+        else:
+            layer = U.SubPixelConv2d(c_in, c_out, scale=2, icnr=False)
+    if kind == "sub-pixel ICNR":
+        with torch.no_grad():
             U.icnr_(layer.conv.weight, 2, generator=generator)
-            layer.conv.bias.copy_(layer.conv.bias[::4].repeat_interleave(4))
+            layer.conv.bias.copy_(layer.conv.bias[::4].repeat_interleave(4))  # one bias per output channel
     return layer
 
 
@@ -107,13 +121,48 @@ def checkerboard_index(y: torch.Tensor, crop: int = 2) -> float:
     """Share of the energy at the stride-2 frequencies, interior of (N, C, H, W), mean over N and C."""
     y = y[..., crop: y.shape[-2] - crop, crop: y.shape[-1] - crop]
     h, w = y.shape[-2:]
-    if h % 2 or w % 2:
-        y = y[..., : h - h % 2, : w - w % 2]
-        h, w = y.shape[-2:]
+    y = y[..., : h - h % 2, : w - w % 2]  # even sides, so that pi is a frequency bin
+    h, w = y.shape[-2:]
     spec = torch.fft.fft2(y.double()).abs() ** 2  # (N, C, h, w)
     stride = spec[..., 0, w // 2] + spec[..., h // 2, 0] + spec[..., h // 2, w // 2]
     total = spec.sum(dim=(-2, -1)).clamp_min(1e-300)
     return float((stride / total).mean())
+
+
+def checkerboard_at_init(seeds: int, generator: torch.Generator, channels: int = 16, size: int = 16):
+    """Mean checkerboard index of each randomly initialised layer on a constant and a smooth input.
+
+    Returns (metrics, checks, table, examples): examples maps a layer to one output channel on the
+    constant input (first seed).
+    """
+    flat = torch.ones(1, channels, size, size, dtype=torch.float64)
+    index = {k: {"constant": 0.0, "smooth": 0.0} for k in LAYERS}
+    examples = {}
+    for s in range(seeds):
+        coarse = torch.randn(1, channels, 4, 4, generator=generator, dtype=torch.float64)
+        smooth = U.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True)
+        for k in LAYERS:
+            layer = make_upsampler(k, channels, channels, generator).double()
+            with torch.no_grad():
+                y_flat, y_smooth = layer(flat), layer(smooth)
+            index[k]["constant"] += checkerboard_index(y_flat) / seeds
+            index[k]["smooth"] += checkerboard_index(y_smooth) / seeds
+            if s == 0:
+                examples[k] = y_flat[0, 0]
+    metrics = {f"checkerboard_{_key(k)}": index[k]["constant"] for k in LAYERS}
+    metrics.update({f"checkerboard_smooth_{_key(k)}": index[k]["smooth"] for k in LAYERS})
+    checks = [
+        Check("transposed conv k=3, s=2: checkerboard index on a constant input", index["tconv k3 s2"]["constant"],
+              ">=", 0.01, label="tconv k3s2 checkerboard"),
+        Check("resize-conv: checkerboard index on a constant input", index["resize-conv"]["constant"], "<=", 1e-8,
+              label="resize-conv checkerboard"),
+        Check("ICNR sub-pixel conv: checkerboard index on a constant input", index["sub-pixel ICNR"]["constant"],
+              "<=", 1e-8, label="ICNR sub-pixel checkerboard"),
+    ]
+    table = Table(f"Checkerboard index at initialisation (mean of {seeds} seeds)",
+                  ["layer", "constant input", "smooth input"],
+                  [[k, f"{index[k]['constant']:.3e}", f"{index[k]['smooth']:.3e}"] for k in LAYERS])
+    return metrics, checks, table, examples
 
 
 # --- 3. learned x2 super-resolution on digits -------------------------------------------------------------
@@ -124,7 +173,7 @@ def render_digits(scale: int = 4, sigma: float = 1.0) -> torch.Tensor:
     Made neither by nearest, bilinear nor bicubic interpolation, so none of the compared fixed
     methods is the exact inverse of how the high-resolution images were made.
     """
-    x = torch.tensor(load_digits().images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
+    x, _ = load_digits_tensors()  # (1797, 1, 8, 8) in [0, 1]
     squares = U.interpolate(x, scale_factor=scale, mode="nearest")  # each pixel an s x s square
     r = torch.arange(-3, 4, dtype=torch.float32)
     g = torch.exp(-0.5 * (r / sigma) ** 2)
@@ -135,7 +184,7 @@ def render_digits(scale: int = 4, sigma: float = 1.0) -> torch.Tensor:
 def digits_sr_data(generator: torch.Generator, n_test: int = 297):
     """(lr_train, hr_train, lr_test, hr_test): HR rendered 32x32 digits, LR their 16x16 area downsampling."""
     hr = render_digits()
-    lr = U.interpolate(hr, scale_factor=0.5, mode="area")  # (1797, 1, 16, 16)
+    lr = U.interpolate(hr, scale_factor=0.5, mode="area")  # (1797, 1, 32, 32) -> (1797, 1, 16, 16)
     perm = torch.randperm(len(hr), generator=generator)
     test, train = perm[:n_test], perm[n_test:]
     return lr[train], hr[train], lr[test], hr[test]
@@ -152,27 +201,28 @@ class SRNet(nn.Module):
 
     def __init__(self, upsampler: str, width: int, generator: torch.Generator):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
+        with rng_scope(generator):
+            self.features = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
+                                          nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
+            self.out = nn.Conv2d(width, 1, 3, padding=1)
         self.up = make_upsampler(upsampler, width, width, generator)
-        self.out = nn.Conv2d(width, 1, 3, padding=1)
         with torch.no_grad():
             for m in (self.features[0], self.features[2], self.out):
-                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(F.relu(self.up(self.features(x))))
 
 
-def train_sr(upsampler: str, data, steps: int, width: int, generator: torch.Generator) -> SRNet:
+def train_sr(upsampler: str, data, steps: int, width: int, generator: torch.Generator, batch: int = 32) -> SRNet:
+    """AdamW (lr 2e-3, cosine decay to 0) on the MSE of `steps` random batches of (lr_train, hr_train)."""
     lr_train, hr_train = data[0], data[1]
     model = SRNet(upsampler, width, generator)
     opt = AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    schedule = functools.partial(warmup_cosine, warmup_steps=0, total_steps=steps)
     for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
-        idx = torch.randint(0, len(lr_train), (32,), generator=generator)
+        set_lr(opt, step, schedule)
+        idx = torch.randint(0, len(lr_train), (batch,), generator=generator)
         loss = F.mse_loss(model(lr_train[idx]), hr_train[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -180,108 +230,101 @@ def train_sr(upsampler: str, data, steps: int, width: int, generator: torch.Gene
     return model
 
 
+def super_resolution(steps: int, width: int, data_generator: torch.Generator, model_generators,
+                     progress=lambda fraction, message="": None):
+    """PSNR of fixed and learned x2 upsampling of test digits -> (metrics, checks, table, outputs).
+
+    ``model_generators`` gives one generator per learned upsampler (LEARNED order); ``outputs``
+    maps each method, "LR" and "HR" to its first four test images, and "psnr" to the scores.
+    """
+    data = digits_sr_data(data_generator)
+    lr_test, hr_test = data[2], data[3]
+    scores = {m: psnr(U.interpolate(lr_test, scale_factor=2, mode=m), hr_test) for m in FIXED}
+    flat_index, outputs = {}, {"LR": lr_test[:4], "HR": hr_test[:4]}
+    outputs.update({m: U.interpolate(lr_test[:4], scale_factor=2, mode=m) for m in FIXED})
+    for t, (up, gen) in enumerate(zip(LEARNED, model_generators)):
+        model = train_sr(up, data, steps, width, gen)
+        with torch.no_grad():
+            scores[up] = psnr(model(lr_test), hr_test)
+            flat_index[up] = checkerboard_index(model(torch.full((1, 1, 16, 16), 0.5)))
+            outputs[up] = model(lr_test[:4])
+        progress((t + 1) / len(LEARNED), f"SR with {up}")
+    best_fixed = max(FIXED, key=lambda m: scores[m])
+    metrics = {f"psnr_{_key(m)}": v for m, v in scores.items()}
+    metrics.update({f"sr_flat_checkerboard_{_key(m)}": v for m, v in flat_index.items()})
+    checks = [Check(f"SR x2: PSNR({up}) - PSNR(best fixed: {best_fixed}) (dB)", scores[up] - scores[best_fixed],
+                    ">", 0.0, label=f"SR {up} gain (dB)") for up in LEARNED]
+    ranking = sorted(scores, key=scores.get, reverse=True)
+    table = Table(f"x2 super-resolution of digits (16x16 -> 32x32, {len(lr_test)} test images; learned: {steps} "
+                  f"AdamW steps, width {width})", ["method", "PSNR (dB)", "checkerboard index of a flat grey output"],
+                  [[m, f"{scores[m]:.2f}", f"{flat_index[m]:.2e}" if m in flat_index else "—"] for m in ranking])
+    outputs["psnr"] = scores
+    return metrics, checks, table, outputs
+
+
+# --- figures ----------------------------------------------------------------------------------------------
+
+def plot_checkerboard(ctx: Context, examples, metrics) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(LAYERS), figsize=(2.4 * len(LAYERS), 2.6))
+    for ax, k in zip(axes, LAYERS):
+        ax.imshow(examples[k][:12, :12], cmap="gray")
+        ax.set_title(f"{k}\nindex {metrics[f'checkerboard_{_key(k)}']:.2g}", fontsize=8)
+        ax.axis("off")
+    ctx.save_figure(fig, "checkerboard", "One output channel (12x12 corner) of each randomly initialised x2 "
+                                         "layer on a constant input.")
+
+
+def plot_super_resolution(ctx: Context, outputs) -> None:
+    import matplotlib.pyplot as plt
+
+    cols = ["LR"] + FIXED + LEARNED + ["HR"]
+    scores = outputs["psnr"]
+    fig, axes = plt.subplots(4, len(cols), figsize=(1.5 * len(cols), 1.6 * 4))
+    for i in range(4):
+        for j, c in enumerate(cols):
+            axes[i, j].imshow(outputs[c][i, 0].clamp(0, 1), cmap="gray", vmin=0, vmax=1)
+            axes[i, j].axis("off")
+            if i == 0:
+                axes[i, j].set_title(c if c not in scores else f"{c}\n{scores[c]:.1f} dB", fontsize=7)
+    ctx.save_figure(fig, "super-resolution", "x2 super-resolution of test digits; PSNR over the test set.")
+
+
 class Upsampling(NoteExperiment):
     slug = "upsampling"
     single_threaded = True  # small models: one thread is faster and core-count independent
 
     def measure(self, ctx: Context) -> Result:
-        import matplotlib.pyplot as plt
+        metrics, checks, tables = {}, [], []
 
-        metrics: dict[str, float] = {}
-        checks: list[Check] = []
-        tables: list[Table] = []
-
-        # 1. Parity with torch.
-        errors = parity_errors(ctx.generator(1))
-        worst = max(errors.values())
-        metrics["parity_max_abs_error"] = worst
-        checks.append(Check("every operator vs torch, float32: max |ours - torch|", worst, "<=", 1e-5))
-        tables.append(Table("Parity with torch (float32, random inputs)", ["operator", "max |ours - torch|"],
-                            [[k, f"{v:.2e}"] for k, v in errors.items()]))
+        m, c, parity_table = parity(ctx.generator(1))
+        metrics.update(m)
+        checks += c
         ctx.progress(0.1, "parity")
 
-        # 2. Checkerboard index at initialisation, constant and smooth inputs.
-        seeds = ctx.pick(8, 32)
-        gen = ctx.generator(2)
-        flat = torch.ones(1, 16, 16, 16, dtype=torch.float64)
-        index = {k: {"constant": 0.0, "smooth": 0.0} for k in LAYERS}
-        examples = {}
-        for s in range(seeds):
-            smooth = U.interpolate(torch.randn(1, 16, 4, 4, generator=gen, dtype=torch.float64), size=(16, 16),
-                                   mode="bicubic", align_corners=True)
-            for k in LAYERS:
-                layer = make_upsampler(k, 16, 16, gen).double()
-                with torch.no_grad():
-                    y_flat, y_smooth = layer(flat), layer(smooth)
-                index[k]["constant"] += checkerboard_index(y_flat) / seeds
-                index[k]["smooth"] += checkerboard_index(y_smooth) / seeds
-                if s == 0:
-                    examples[k] = y_flat[0, 0]
-        for k in LAYERS:
-            metrics[f"checkerboard_{_key(k)}"] = index[k]["constant"]
-        checks.append(Check("transposed conv k=3, s=2: checkerboard index on a constant input",
-                            index["tconv k3 s2"]["constant"], ">=", 0.01))
-        checks.append(Check("resize-conv: checkerboard index on a constant input", index["resize-conv"]["constant"],
-                            "<=", 1e-8))
-        checks.append(Check("ICNR sub-pixel conv: checkerboard index on a constant input",
-                            index["sub-pixel ICNR"]["constant"], "<=", 1e-8))
-        fig, axes = plt.subplots(1, len(LAYERS), figsize=(2.4 * len(LAYERS), 2.6))
-        for ax, k in zip(axes, LAYERS):
-            ax.imshow(examples[k][:12, :12], cmap="gray")
-            ax.set_title(f"{k}\nindex {index[k]['constant']:.2g}", fontsize=8)
-            ax.axis("off")
-        ctx.save_figure(fig, "checkerboard", "One output channel (12x12 corner) of each randomly initialised x2 "
-                                             "layer on a constant input.")
+        m, c, board_table, examples = checkerboard_at_init(ctx.pick(8, 32, tiny=1), ctx.generator(2))
+        metrics.update(m)
+        checks += c
         ctx.progress(0.25, "checkerboard")
 
-        # 3. Learned x2 super-resolution on digits.
-        data = digits_sr_data(ctx.generator(3))
-        lr_test, hr_test = data[2], data[3]
-        scores = {m: psnr(U.interpolate(lr_test, scale_factor=2, mode=m), hr_test) for m in FIXED}
-        steps, width = ctx.pick(600, 1500), ctx.pick(16, 24)
-        learned_index = {}
-        models = {}
-        for k, up in enumerate(LEARNED):
-            model = train_sr(up, data, steps, width, ctx.generator(10 + k))
-            models[up] = model
-            with torch.no_grad():
-                scores[up] = psnr(model(lr_test), hr_test)
-                learned_index[up] = checkerboard_index(model(torch.full((1, 1, 16, 16), 0.5)))
-            ctx.progress(0.25 + 0.7 * (k + 1) / len(LEARNED), f"SR with {up}")
-        for m, v in scores.items():
-            metrics[f"psnr_{_key(m)}"] = v
-        best_fixed = max(FIXED, key=lambda m: scores[m])
-        for up in LEARNED:
-            checks.append(Check(f"SR x2: PSNR({up}) - PSNR(best fixed: {best_fixed}) (dB)",
-                                scores[up] - scores[best_fixed], ">", 0.0))
-        ranking = sorted(scores, key=scores.get, reverse=True)
-        tables.append(Table(
-            f"x2 super-resolution of digits (16x16 -> 32x32, {len(lr_test)} test images; learned: {steps} AdamW "
-            f"steps, width {width})", ["method", "PSNR (dB)", "checkerboard index of a flat grey output"],
-            [[m, f"{scores[m]:.2f}", f"{learned_index[m]:.2e}" if m in learned_index else "—"] for m in ranking]))
-        tables.append(Table(f"Checkerboard index at initialisation (mean of {seeds} seeds)",
-                            ["layer", "constant input", "smooth input"],
-                            [[k, f"{index[k]['constant']:.3e}", f"{index[k]['smooth']:.3e}"] for k in LAYERS]))
+        steps, width = ctx.pick(600, 1500, tiny=3), ctx.pick(16, 24, tiny=4)
+        m, c, sr_table, outputs = super_resolution(steps, width, ctx.generator(3),
+                                                   [ctx.generator(10 + k) for k in range(len(LEARNED))],
+                                                   lambda f, msg: ctx.progress(0.25 + 0.7 * f, msg))
+        metrics.update(m)
+        checks += c
 
-        show = range(4)
-        cols = ["LR"] + FIXED + LEARNED + ["HR"]
-        fig, axes = plt.subplots(len(show), len(cols), figsize=(1.5 * len(cols), 1.6 * len(show)))
-        with torch.no_grad():
-            outputs = {m: U.interpolate(lr_test[:4], scale_factor=2, mode=m) for m in FIXED}
-            outputs.update({m: models[m](lr_test[:4]) for m in LEARNED})
-        outputs["LR"], outputs["HR"] = lr_test[:4], hr_test[:4]
-        for i in show:
-            for j, c in enumerate(cols):
-                axes[i, j].imshow(outputs[c][i, 0].clamp(0, 1), cmap="gray", vmin=0, vmax=1)
-                axes[i, j].axis("off")
-                if i == 0:
-                    axes[i, j].set_title(c if c not in scores else f"{c}\n{scores[c]:.1f} dB", fontsize=7)
-        ctx.save_figure(fig, "super-resolution", "x2 super-resolution of test digits; PSNR over the test set.")
+        plot_checkerboard(ctx, examples, metrics)
+        plot_super_resolution(ctx, outputs)
         ctx.progress(1.0, "done")
+        scores = outputs["psnr"]
+        ranking = sorted(scores, key=scores.get, reverse=True)
         return Result(
-            metrics=metrics, checks=checks, tables=tables,
-            summary=(f"Max parity error vs torch {worst:.1e}; checkerboard index at init: tconv k3s2 "
-                     f"{index['tconv k3 s2']['constant']:.3f}, k4s2 {index['tconv k4 s2']['constant']:.3f}, "
-                     f"resize-conv {index['resize-conv']['constant']:.1e}, ICNR {index['sub-pixel ICNR']['constant']:.1e}"
-                     f"; SR PSNR ranking: " + ", ".join(f"{m} {scores[m]:.2f}" for m in ranking) + " dB."),
+            metrics=metrics, checks=checks, tables=[parity_table, sr_table, board_table],
+            summary=(f"Max parity error vs torch {metrics['parity_max_abs_error']:.1e}; checkerboard index at init: "
+                     f"tconv k3s2 {metrics['checkerboard_tconv_k3_s2']:.3f}, k4s2 "
+                     f"{metrics['checkerboard_tconv_k4_s2']:.3f}, resize-conv {metrics['checkerboard_resize_conv']:.1e}"
+                     f", ICNR {metrics['checkerboard_sub_pixel_icnr']:.1e}; SR PSNR ranking: "
+                     + ", ".join(f"{m} {scores[m]:.2f}" for m in ranking) + " dB."),
         )
