@@ -269,7 +269,7 @@ def plot_checkerboard(ctx: Context, examples, metrics) -> None:
 
     fig, axes = plt.subplots(1, len(LAYERS), figsize=(2.4 * len(LAYERS), 2.6))
     for ax, k in zip(axes, LAYERS):
-        ax.imshow(examples[k][:12, :12], cmap="gray")
+        ax.imshow(examples[k][:12, :12].numpy(), cmap="gray")
         ax.set_title(f"{k}\nindex {metrics[f'checkerboard_{_key(k)}']:.2g}", fontsize=8)
         ax.axis("off")
     ctx.save_figure(fig, "checkerboard", "One output channel (12x12 corner) of each randomly initialised x2 "
@@ -284,7 +284,7 @@ def plot_super_resolution(ctx: Context, outputs) -> None:
     fig, axes = plt.subplots(4, len(cols), figsize=(1.5 * len(cols), 1.6 * 4))
     for i in range(4):
         for j, c in enumerate(cols):
-            axes[i, j].imshow(outputs[c][i, 0].clamp(0, 1), cmap="gray", vmin=0, vmax=1)
+            axes[i, j].imshow(outputs[c][i, 0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
             axes[i, j].axis("off")
             if i == 0:
                 axes[i, j].set_title(c if c not in scores else f"{c}\n{scores[c]:.1f} dB", fontsize=7)
