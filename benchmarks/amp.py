@@ -1,8 +1,9 @@
-"""Training-step time, fp32 vs bf16 autocast, for a small stack of transformer blocks on this CPU.
+"""Training-step time, fp32 vs bf16 autocast, for a small transformer LM on this CPU.
 
-Both precisions train the same model from the same weights: a stack of
-pre-norm nn.TransformerEncoderLayer blocks and a linear head, cross-entropy
-on random tokens, our AdamW. bf16 runs the forward under
+Both precisions train the same model from the same weights: the project's
+GPT-style ``deepnotes.lm.tiny.TinyLM`` (pre-norm blocks, causal SDPA, GELU
+feed-forward of width 4d, tied embeddings), cross-entropy on random tokens,
+our AdamW. bf16 runs the forward under
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` (linear/matmul/SDPA in bf16,
 losses and norms in fp32) with fp32 master weights, as the fit loop does; no
 loss scaler is needed for bf16. Steps are interleaved fp32, bf16, fp32, ... so
@@ -27,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deepnotes.bench import median_time, write_result
+from deepnotes.lm.tiny import TinyLM
 from deepnotes.optim import AdamW
 
 
@@ -41,28 +43,6 @@ def cpu_flags() -> list[str]:
         if line.startswith("flags"):
             present |= set(line.split(":", 1)[1].split()) & set(wanted)
     return sorted(present)
-
-
-class Stack(torch.nn.Module):
-    """Token embedding, n pre-norm transformer blocks, a linear head. (B, S) ids -> (B, S, vocab) logits."""
-
-    def __init__(self, vocab: int, d_model: int, n_heads: int, n_layers: int) -> None:
-        super().__init__()
-        self.embed = torch.nn.Embedding(vocab, d_model)
-        self.blocks = torch.nn.ModuleList(
-            torch.nn.TransformerEncoderLayer(d_model, n_heads, 4 * d_model, dropout=0.0, activation="gelu",
-                                             batch_first=True, norm_first=True)
-            for _ in range(n_layers))
-        self.norm = torch.nn.LayerNorm(d_model)
-        self.head = torch.nn.Linear(d_model, vocab)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        S = ids.shape[1]
-        causal = torch.nn.Transformer.generate_square_subsequent_mask(S)
-        h = self.embed(ids)  # (B, S, D)
-        for block in self.blocks:
-            h = block(h, src_mask=causal, is_causal=True)
-        return self.head(self.norm(h))
 
 
 def make_step(model: torch.nn.Module, ids: torch.Tensor, targets: torch.Tensor, bf16: bool):
@@ -96,8 +76,8 @@ def main() -> None:
     else:
         cfg = dict(vocab=1024, d_model=256, n_heads=4, n_layers=4, batch=8, seq=128, rounds=5)
 
-    torch.manual_seed(0)
-    model32 = Stack(cfg["vocab"], cfg["d_model"], cfg["n_heads"], cfg["n_layers"])
+    model32 = TinyLM(cfg["vocab"], cfg["d_model"], cfg["n_layers"], cfg["n_heads"], block=cfg["seq"],
+                     activation="gelu", generator=torch.Generator().manual_seed(0))
     model16 = copy.deepcopy(model32)
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, cfg["vocab"], (cfg["batch"], cfg["seq"]), generator=gen)

@@ -109,6 +109,7 @@ class Part:
     metrics: dict[str, float] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
     tables: list["Table"] = field(default_factory=list)
+    data: dict = field(default_factory=dict)  # what the part's plot needs
 
 
 @dataclass

@@ -296,7 +296,7 @@ class Upsampling(NoteExperiment):
     single_threaded = True  # small models: one thread is faster and core-count independent
 
     def measure(self, ctx: Context) -> Result:
-        metrics, checks, tables = {}, [], []
+        metrics, checks = {}, []
 
         m, c, parity_table = parity(ctx.generator(1))
         metrics.update(m)
