@@ -33,21 +33,21 @@ NOTES: tuple[Note, ...] = (
          "On OrderShapes, TSN stays near 50% on reversal pairs while TSM and TDN exceed 85%; "
          "a 3D ResNet of the same depth costs at least 2.5x TSM's FLOPs and is slower on the CPU; "
          "the uniformity of learned 3D temporal kernels is measured.",
-         budget_seconds=70),
+         budget_seconds=65),
     Note(2, "two-stream", "Two-stream networks: RGB + optical flow",
          "The spatial stream wins the appearance classes, the temporal stream the motion classes, "
          "and averaged fusion beats both streams overall.",
-         budget_seconds=50),
+         budget_seconds=45),
     Note(3, "score-sde", "Score-based diffusion with SDEs",
          "Reverse-SDE and probability-flow ODE samples reach the same quality (sliced Wasserstein "
          "within 1.5x of the data's noise floor), the ODE with far fewer evaluations; the ODE "
          "log-likelihood of Gaussian data matches the analytic value within 1e-3 nats.",
-         budget_seconds=60),
+         budget_seconds=55),
     Note(4, "activations", "Activation functions: from the step to SwiGLU",
          "Gradient norm through a deep sigmoid stack decays geometrically where ReLU/GELU do not; "
          "a high learning rate leaves dead ReLU units but not leaky/GELU ones; SwiGLU/GEGLU reach "
          "lower validation loss than ReLU at matched parameters.",
-         budget_seconds=75),
+         budget_seconds=80),
     Note(5, "stochastic-approximation", "Stochastic approximation: Robbins-Monro and the incremental mean",
          "The incremental mean equals the batch mean at every n with MSE sigma^2/n; Robbins-Monro "
          "with a/n steps reaches n*Var -> a^2 sigma^2/(2a-1) for a > 1/2 and is slower below; "
@@ -63,7 +63,7 @@ NOTES: tuple[Note, ...] = (
          "Every operator equals torch's to float32 precision; transposed convolution with kernel "
          "not divisible by stride leaves checkerboard artifacts that resize-conv and ICNR sub-pixel "
          "conv avoid; a learned x2 super-resolution ranks the methods by PSNR.",
-         budget_seconds=40),
+         budget_seconds=50),
     Note(8, "smld", "Score matching and annealed Langevin dynamics (NCSN)",
          "On a 0.8/0.2 two-mode mixture annealed Langevin recovers the weights (heavy mode "
          "0.78 +- 0.03) while plain Langevin does not; denoising and sliced score matching both "
@@ -77,17 +77,17 @@ NOTES: tuple[Note, ...] = (
     Note(10, "adamw", "Adam vs AdamW: decoupled weight decay",
          "The implementations match torch.optim step for step; AdamW's lr x weight-decay grid is more "
          "separable than Adam+L2's and its best test error is no worse.",
-         budget_seconds=60),
+         budget_seconds=70),
     Note(11, "mixed-precision", "Mixed precision: FP16, BF16, loss scaling",
          "Without loss scaling a measured fraction of FP16 gradients underflow, with dynamic scaling "
          "almost none; FP16+scaling and BF16 track FP32's final loss within FP32's own seed-to-seed spread "
          "(95% CI over seeds); BF16 speed is measured.",
-         budget_seconds=45),
+         budget_seconds=40),
     Note(12, "medusa", "Medusa: extra decoding heads and tree attention",
          "Greedy acceptance reproduces the base model's greedy output token for token; trained heads "
          "accept more than 2 tokens per step on average with a wall-clock speedup, measured against "
          "prompt-lookup and assisted decoding.",
-         budget_seconds=75),
+         budget_seconds=70),
 )
 
 NOTES_BY_SLUG: dict[str, Note] = {note.slug: note for note in NOTES}
