@@ -116,7 +116,8 @@ def _summary_table(doc: dict) -> Table:
     table.add_column("s / budget", no_wrap=True, justify="right")
     for n in doc["notes"]:
         style = VERDICT_STYLES.get(n["verdict"], "")
-        table.add_row(n["slug"], f"[{style}]{n['verdict']}[/]", key_numbers(n), n.get("device", "—"),
+        device = n.get("device", "—") if n["status"] != "not implemented" else "—"
+        table.add_row(n["slug"], f"[{style}]{n['verdict']}[/]", key_numbers(n), device,
                       format_number(n.get("seeds")), seconds_vs_budget(n, doc["scale"]))
     table.caption = f"total {format_number(doc.get('seconds'))} s"
     return table

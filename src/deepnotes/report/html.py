@@ -183,7 +183,8 @@ def render_report(doc: dict, run_dir: Path) -> str:
     summary_rows = "".join(
         f'<tr><td class="num">{n["number"]}</td><td><a href="#{n["slug"]}">{html.escape(n["title"])}</a>'
         f'<br><code>{n["slug"]}</code></td><td>{_badge(n["verdict"])}</td>'
-        f"<td>{html.escape(key_numbers(n))}</td><td>{html.escape(n.get('device', '—'))}</td>"
+        f"<td>{html.escape(key_numbers(n))}</td>"
+        f"<td>{html.escape(n.get('device', '—') if n['status'] != 'not implemented' else '—')}</td>"
         f"<td class=\"num\">{format_number(n.get('seeds'))}</td>"
         f"<td class=\"num\">{html.escape(seconds_vs_budget(n, doc['scale']))}</td></tr>"
         for n in doc["notes"])
