@@ -144,3 +144,43 @@ def test_resume_through_the_cli_keeps_finished_notes(tmp_path, monkeypatch):
                      "--cache", str(tmp_path / "c")]) == 0
     notes = load_results(tmp_path)["notes"]
     assert notes[0] == first and notes[1]["status"] == "ok"
+
+
+@pytest.mark.parametrize("make_out", [
+    lambda tmp: (tmp / "file").write_text("x") and tmp / "file",            # --out names a file
+    lambda tmp: (tmp / "file").write_text("x") and tmp / "file" / "sub",    # under a file
+])
+def test_an_unusable_out_folder_exits_2_before_any_work(tmp_path, capsys, monkeypatch, make_out):
+    monkeypatch.setitem(REGISTRY, "adamw", Raises())  # would exit 1 if anything ran
+    out = make_out(tmp_path)
+    assert cli.main(["run", "adamw", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "Traceback" not in err and err.count("deepnotes run:") == 1
+
+
+def test_report_errors_have_one_prefix(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("report:") == 1 and "no results.json" in err
+
+
+def test_results_json_gets_the_umask_mode_not_a_private_one(sa_run):
+    import os
+    import stat
+
+    _, out = sa_run
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((out / "results.json").stat().st_mode) == 0o666 & ~umask
+
+
+def test_the_environment_is_read_without_taking_the_users_git_lock(monkeypatch):
+    import subprocess as sp
+
+    from deepnotes.report import environment
+
+    calls = []
+    real = sp.run
+    monkeypatch.setattr(environment.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or real(cmd, **kw))
+    environment.git_commit()
+    assert calls and all("--no-optional-locks" in cmd for cmd in calls)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from .files import atomic_write
 
 __all__ = ["Recipe", "ArtifactStore", "default_cache_dir", "fingerprint"]
 
@@ -90,17 +91,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class ArtifactStore:
     """Trained modules on disk, keyed by their Recipe.
 
@@ -153,9 +143,9 @@ class ArtifactStore:
         weights, meta = self.paths(recipe)
         self.root.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        _atomic_write(weights, lambda tmp: save_file(state, tmp))
+        atomic_write(weights, lambda tmp: save_file(state, tmp))
         record = {"recipe": recipe.to_json(), "sha256": _sha256(weights), "info": info or {}}
-        _atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, sort_keys=True)))
+        atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, sort_keys=True)))
         return weights
 
     def get(self, recipe: Recipe, build: Callable[[], nn.Module],

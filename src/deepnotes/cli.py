@@ -27,6 +27,24 @@ class UsageError(Exception):
     """A mistake in the command line: message to stderr, exit 2."""
 
 
+def _writable_folder(path: Path, flag: str) -> Path:
+    """path as a folder this process can write into (created if missing), or a UsageError naming flag.
+
+    Checked before any work, by writing a probe file: permission bits alone do not tell (root, read-only
+    mounts)."""
+    import tempfile
+
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UsageError(f"{flag} {path}: cannot write there ({err.strerror or err})") from None
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepnotes", description="Twelve deep-learning notes, implemented, "
                                      "tested, benchmarked and reproduced.")
@@ -140,9 +158,9 @@ def _cmd_run(args, console: Console) -> int:
             raise UsageError(f"--resume {args.resume} writes into that folder; --out {args.out} names another")
         if not args.resume.is_dir():
             raise UsageError(f"--resume: {args.resume} is not a folder of an earlier run")
-        out = args.resume
+        out = _writable_folder(args.resume, "--resume")
     else:
-        out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = _writable_folder(args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"), "--out")
     slugs = args.notes or None
     n_runnable = len([s for s in (slugs or NOTES_BY_SLUG) if s in REGISTRY])
     options = dict(registry=REGISTRY, scale=args.scale, seed=args.seed, device=args.device, out_dir=out,
@@ -168,11 +186,12 @@ def _cmd_report(args, console: Console) -> int:
     from .report import load_results, write_report
 
     if not (args.dir / "results.json").is_file():
-        raise UsageError(f"report: no results.json in {args.dir}")
+        raise UsageError(f"no results.json in {args.dir}")
     try:
         doc = load_results(args.dir)
     except ValueError as err:
-        raise UsageError(f"report: {err}") from None
+        raise UsageError(str(err)) from None
+    _writable_folder(args.dir, "DIR")
     console.print(f"report: {write_report(doc, args.dir)}")
     return 0
 

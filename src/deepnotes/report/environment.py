@@ -28,11 +28,12 @@ def cpu_model() -> str:
 def git_commit(root: Path = REPO_ROOT) -> str | None:
     """HEAD's commit (with '-dirty' when the tree has changes), or None outside git."""
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+        git = ["git", "--no-optional-locks", "-C", str(root)]  # never take the user's .git/index.lock
+        head = subprocess.run([*git, "rev-parse", "HEAD"],
                               capture_output=True, text=True, timeout=5)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5)
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):

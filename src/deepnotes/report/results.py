@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..files import atomic_write
 
 __all__ = ["SCHEMA_PATH", "load_schema", "validate_results", "write_results", "load_results", "json_safe"]
 
@@ -47,11 +47,7 @@ def write_results(doc: dict, out_dir: Path) -> Path:
     validate_results(doc)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.json"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".results.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=2)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2)), fsync=False)
 
 
 def load_results(run_dir: Path) -> dict:

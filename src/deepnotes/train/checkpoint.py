@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..files import atomic_write
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "flatten_state", "unflatten_state"]
 
@@ -77,16 +78,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     skeleton, tensors = flatten_state(state)
     metadata = {_META_KEY: json.dumps({"format": _FORMAT, "state": skeleton})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 
 
