@@ -247,3 +247,26 @@ def test_sigterm_is_only_intercepted_when_there_is_a_checkpoint_to_write(tmp_pat
             checkpoint_dir=ckpt, progress=False)
     assert seen[0] is before and seen[1] is not before
     assert signal.getsignal(signal.SIGTERM) is before  # restored
+
+
+def test_loaded_checkpoint_is_independent_of_the_file(tmp_path):
+    path = save_checkpoint(tmp_path / "c.safetensors", {"w": torch.arange(1000.0)})
+    state = load_checkpoint(path)
+    save_checkpoint(path, {"w": torch.zeros(1000)})  # overwritten after loading
+    path.write_bytes(path.read_bytes()[:100])  # then truncated (a mmap-backed tensor would SIGBUS here)
+    assert torch.equal(state["w"], torch.arange(1000.0))
+
+
+def test_a_flipped_bit_in_tensor_data_is_caught_and_named(tmp_path):
+    path = save_checkpoint(tmp_path / "c.safetensors", {"model": {"weight": torch.ones(64)}})
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10  # inside the last tensor's bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model/weight.*checksum"):
+        load_checkpoint(path)
+
+
+def test_a_save_removes_temp_files_left_by_a_killed_save(tmp_path):
+    (tmp_path / ".c.safetensors.abc123.tmp").write_bytes(b"")  # what kill -9 mid-save leaves
+    save_checkpoint(tmp_path / "c.safetensors", {"w": torch.ones(2)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]

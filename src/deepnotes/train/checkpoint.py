@@ -4,11 +4,15 @@ A training state is a nest of dicts and lists holding tensors and plain values
 (model weights, optimizer state, scaler, EMA, RNG states, counters). Tensors go
 into the safetensors body under their path ("optimizer/state/0/exp_avg"); the
 nest itself, with each tensor replaced by a reference, goes into the header's
-metadata as JSON. Nothing is pickled, so loading never runs code, and a
-truncated file fails with a CheckpointError naming it.
+metadata as JSON, with a sha256 of every tensor's bytes. Nothing is pickled,
+so loading never runs code; a truncated file, or one whose tensor bytes changed
+(a flipped bit), fails with a CheckpointError naming it and the tensor. Loading
+reads the whole file into memory first: the tensors returned are independent of
+the file, which may be overwritten or truncated afterwards.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -22,6 +26,11 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "flatten_sta
 
 _META_KEY = "deepnotes"
 _FORMAT = 1
+
+
+def _digest(t: torch.Tensor) -> str:
+    """sha256 of a tensor's bytes (its dtype and shape are checked by safetensors itself)."""
+    return hashlib.sha256(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 class CheckpointError(RuntimeError):
@@ -77,25 +86,33 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     skeleton, tensors = flatten_state(state)
-    metadata = {_META_KEY: json.dumps({"format": _FORMAT, "state": skeleton})}
+    sums = {name: _digest(t) for name, t in tensors.items()}
+    metadata = {_META_KEY: json.dumps({"format": _FORMAT, "state": skeleton, "sha256": sums})}
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a save that was killed; one writer per path
+        stale.unlink(missing_ok=True)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 
 
+def _header(data: bytes) -> dict:
+    """The JSON header of a safetensors byte string: 8 bytes little-endian length, then the JSON."""
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + n])
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Reads a checkpoint written by save_checkpoint; CheckpointError if it cannot."""
-    from safetensors import safe_open
+    from safetensors.torch import load
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    data = path.read_bytes()  # one read: nothing below aliases the file (no mmap)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = load(data)
+        metadata = _header(data).get("__metadata__") or {}
     except Exception as err:  # safetensors raises its own error types for bad headers/bodies
-        size = path.stat().st_size
-        raise CheckpointError(f"checkpoint {path} ({size} bytes) is truncated or corrupt: {err}") from None
+        raise CheckpointError(f"checkpoint {path} ({len(data)} bytes) is truncated or corrupt: {err}") from None
     if _META_KEY not in metadata:
         raise CheckpointError(f"checkpoint {path} was not written by deepnotes (no '{_META_KEY}' metadata)")
     try:
@@ -104,6 +121,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {path} has corrupt metadata: {err}") from None
     if header.get("format") != _FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {header.get('format')}, expected {_FORMAT}")
+    for name, expected in (header.get("sha256") or {}).items():
+        if name in tensors and _digest(tensors[name]) != expected:
+            raise CheckpointError(f"checkpoint {path}: tensor {name!r} does not match its checksum "
+                                  "(the file changed after it was written)")
     try:
         return unflatten_state(header["state"], tensors)
     except KeyError as err:
