@@ -2,6 +2,8 @@
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -270,3 +272,97 @@ def test_a_save_removes_temp_files_left_by_a_killed_save(tmp_path):
     (tmp_path / ".c.safetensors.abc123.tmp").write_bytes(b"")  # what kill -9 mid-save leaves
     save_checkpoint(tmp_path / "c.safetensors", {"w": torch.ones(2)})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]
+
+
+def nan_loss(model, batch):
+    return script.mse(0)(model, batch) * float("nan")
+
+
+def test_fp16_with_a_disabled_scaler_stops_on_a_nan_loss_like_fp32():
+    from deepnotes.amp import DynamicLossScaler
+
+    model = script.make_model()
+    with pytest.raises(NonFiniteLossError, match="at step 1"):
+        fit(model, torch.optim.AdamW(model.parameters()), script.make_data(), nan_loss, max_steps=5, batch_size=16,
+            precision="fp16", scaler=DynamicLossScaler(enabled=False), progress=False)
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # no NaN step was applied
+
+
+def test_an_fp16_nan_storm_stops_after_max_skipped_steps_naming_step_and_scale(tmp_path):
+    """In a subprocess, as a user would meet it: the run ends with the error instead of 'done'."""
+    code = (
+        "import torch, sys; sys.path.insert(0, %r); import train_script as s\n"
+        "from deepnotes.train import fit\n"
+        "m = s.make_model()\n"
+        "fit(m, torch.optim.AdamW(m.parameters()), s.make_data(), lambda m, b: s.mse(0)(m, b) * float('nan'),\n"
+        "    max_steps=500, batch_size=16, precision='fp16', max_skipped_steps=20, progress=False)\n"
+    ) % str(Path(__file__).parent)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "NonFiniteLossError" in proc.stderr and "skipped 20 steps in a row (steps 1-20)" in proc.stderr
+    assert "scale down to" in proc.stderr
+
+
+def test_torchs_grad_scaler_works_as_the_fp16_scaler():
+    model = script.make_model()
+    res = fit(model, torch.optim.AdamW(model.parameters(), lr=1e-3), script.make_data(), script.mse(0),
+              max_steps=4, batch_size=16, precision="fp16", scaler=torch.amp.GradScaler("cpu"), progress=False)
+    assert res.step == 4 and res.scale is not None
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(scaler="sgd"), "scaler is only used with precision='fp16'"),
+    (dict(precision="fp16", scaler=object()), "GradScaler's methods"),
+])
+def test_a_scaler_that_cannot_be_used_is_rejected_before_training(kw, match):
+    from deepnotes.amp import DynamicLossScaler
+
+    if kw.get("scaler") == "sgd":
+        kw = dict(scaler=DynamicLossScaler())
+    model = script.make_model()
+    before = flat(model).clone()
+    with pytest.raises((ValueError, TypeError), match=match):
+        fit(model, torch.optim.AdamW(model.parameters()), script.make_data(), script.mse(0), max_steps=2,
+            batch_size=16, progress=False, **kw)
+    assert torch.equal(flat(model), before)
+
+
+@pytest.mark.parametrize("returned", [lambda loss: loss.detach(), lambda loss: float(loss.detach()), lambda loss: None,
+                                      lambda loss: loss.expand(3)])
+def test_loss_fn_must_return_a_scalar_tensor_with_grad(returned):
+    model = script.make_model()
+    with pytest.raises(TypeError, match="loss_fn must return"):
+        fit(model, torch.optim.AdamW(model.parameters()), script.make_data(),
+            lambda m, b: returned(script.mse(0)(m, b)), max_steps=2, batch_size=16, progress=False)
+
+
+def test_unwritable_checkpoint_dir_or_metrics_path_fails_before_any_step(tmp_path):
+    (tmp_path / "file").write_text("x")
+    model = script.make_model()
+    calls = []
+
+    def loss_fn(m, b):
+        calls.append(1)
+        return script.mse(0)(m, b)
+
+    for kw, match in ((dict(checkpoint_dir=tmp_path / "file"), "checkpoint_dir"),
+                      (dict(metrics_path=tmp_path / "file" / "m.jsonl"), "metrics_path"),
+                      (dict(metrics_path=tmp_path), "metrics_path")):
+        with pytest.raises(ValueError, match=match):
+            fit(model, torch.optim.AdamW(model.parameters()), script.make_data(), loss_fn, max_steps=2,
+                batch_size=16, progress=False, **kw)
+    assert calls == []
+
+
+def test_a_step_skipped_by_torchs_grad_scaler_is_counted():
+    calls = []
+
+    def loss_fn(model, batch):
+        calls.append(1)
+        loss = script.mse(0)(model, batch)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    model = script.make_model()
+    res = fit(model, torch.optim.AdamW(model.parameters(), lr=1e-3), script.make_data(), loss_fn, max_steps=4,
+              batch_size=16, precision="fp16", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10), progress=False)
+    assert res.skipped_steps == 1 and res.scale == 2.0**9

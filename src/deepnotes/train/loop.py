@@ -68,11 +68,12 @@ class FitConfig:
     seed: int = 0  # seeds the data order
     device: str = "cpu"
     progress: bool | None = None  # rich progress bar; None: only when stdout is a terminal
+    max_skipped_steps: int = 50  # fp16: this many consecutive steps skipped by the scaler stop the run
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in ("batch_size", "accumulate", "log_every"):
+        for name in ("batch_size", "accumulate", "log_every", "max_skipped_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
         for name in ("max_steps", "max_epochs", "eval_every", "checkpoint_every"):
@@ -211,14 +212,51 @@ def fit(
         teardown_distributed(dist_state)
 
 
+def _writable(path: Path, what: str) -> None:
+    """Creates folder `path` if needed and proves it writable, or a ValueError naming `what`: found before
+    any training, not at the first save."""
+    import tempfile
+
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ValueError(f"{what} {str(path)!r} cannot be written: {err.strerror or err}") from None
+
+
+def _check_setup(cfg: FitConfig, scaler) -> None:
+    if scaler is not None and cfg.precision != "fp16":
+        raise ValueError(f"scaler is only used with precision='fp16', got precision={cfg.precision!r} and a "
+                         f"{type(scaler).__name__}; drop the scaler or train in fp16")
+    if scaler is not None:
+        missing = [m for m in ("scale", "unscale_", "step", "update", "get_scale", "state_dict",
+                               "load_state_dict") if not callable(getattr(scaler, m, None))]
+        if missing:
+            raise TypeError(f"scaler must have GradScaler's methods; {type(scaler).__name__} lacks {missing}")
+    if cfg.checkpoint_dir is not None:
+        _writable(Path(cfg.checkpoint_dir), "checkpoint_dir")
+    if cfg.metrics_path is not None:
+        metrics = Path(cfg.metrics_path)
+        if metrics.is_dir():
+            raise ValueError(f"metrics_path {str(metrics)!r} is a folder; expected a file path")
+        _writable(metrics.parent, "metrics_path's folder")
+
+
+def _scaler_enabled(scaler) -> bool:
+    is_enabled = getattr(scaler, "is_enabled", None)
+    return scaler is not None and (is_enabled() if callable(is_enabled) else True)
+
+
 def _fit(model, optimizer, data, loss_fn, cfg: FitConfig, eval_fn, ema, schedule, scaler, collate_fn,
          ds: DistState) -> FitResult:
+    _check_setup(cfg, scaler)
     if cfg.precision == "fp16" and scaler is None:
         from ..amp import DynamicLossScaler
 
         scaler = DynamicLossScaler()
-    if cfg.precision != "fp16":
-        scaler = None
     inner = model
     model = wrap_model(model, ds, cfg.device)
     sampler = DistributedSampler(data, num_replicas=ds.world_size, rank=ds.rank, shuffle=cfg.shuffle,
@@ -289,6 +327,7 @@ def _fit(model, optimizer, data, loss_fn, cfg: FitConfig, eval_fn, ema, schedule
     params = [p for p in inner.parameters() if p.requires_grad]
     model.train()
     t0 = time.perf_counter()
+    consecutive_skips = 0
     with _StopFlag(active=ckpt_path is not None) as stop, bar:
         while result.step < total:
             epoch, first = divmod(result.step, steps_per_epoch)
@@ -303,6 +342,13 @@ def _fit(model, optimizer, data, loss_fn, cfg: FitConfig, eval_fn, ema, schedule
                     ema.update(inner)
                 result.step += 1
                 result.skipped_steps += int(skipped)
+                consecutive_skips = consecutive_skips + 1 if skipped else 0
+                if consecutive_skips >= cfg.max_skipped_steps:
+                    raise NonFiniteLossError(
+                        f"the loss scaler skipped {consecutive_skips} steps in a row (steps "
+                        f"{result.step - consecutive_skips + 1}-{result.step}): gradients are inf/NaN at every "
+                        f"scale down to {float(scaler.get_scale()):.3g}; the loss or the model diverged "
+                        f"(max_skipped_steps={cfg.max_skipped_steps})")
                 result.losses.append(loss)
                 if result.step % cfg.log_every == 0 or result.step == total:
                     rec = {"step": result.step, "epoch": epoch, "loss": all_mean(loss, ds),
@@ -349,10 +395,15 @@ def _step(model, optimizer, data, micro, loss_fn, cfg, scaler, schedule, params,
             with _autocast(cfg.precision, cfg.device):
                 out = loss_fn(model, batch)
             loss = out[0] if isinstance(out, (tuple, list)) else out
+            if not (isinstance(loss, torch.Tensor) and loss.dim() == 0 and loss.requires_grad):
+                got = (f"a tensor of shape {tuple(loss.shape)} (requires_grad={loss.requires_grad})"
+                       if isinstance(loss, torch.Tensor) else f"{type(loss).__name__} {loss!r}"[:120])
+                raise TypeError(f"loss_fn must return the batch's mean loss as a 0-dim tensor that requires "
+                                f"grad (or (loss, metrics)), got {got}")
             value = float(loss.detach())
-            if scaler is None and not math.isfinite(value):
+            if not _scaler_enabled(scaler) and not math.isfinite(value):
                 raise NonFiniteLossError(f"loss is {value} at step {step + 1} (precision {cfg.precision}, no "
-                                         "loss scaler): stopping; lower the learning rate or check the data")
+                                         "enabled loss scaler): stopping; lower the learning rate or check the data")
             loss = loss.float() / len(micro)
             (scaler.scale(loss) if scaler is not None else loss).backward()
         total += value
@@ -363,9 +414,13 @@ def _step(model, optimizer, data, micro, loss_fn, cfg, scaler, schedule, params,
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
     skipped = False
     if scaler is not None:
+        scale_before = float(scaler.get_scale())
         scaler.step(optimizer)
-        skipped = bool(scaler.last_step_skipped)
+        skipped = getattr(scaler, "last_step_skipped", None)
         scaler.update()
+        if skipped is None:  # torch's GradScaler: it backs the scale off exactly when it skipped the step
+            skipped = _scaler_enabled(scaler) and float(scaler.get_scale()) < scale_before
+        skipped = bool(skipped)
     else:
         optimizer.step()
     return total / len(micro), grad_norm, skipped
