@@ -73,8 +73,9 @@ def test_valid_document_passes():
 def test_broken_documents_are_rejected(breakage, where):
     doc = copy.deepcopy(make_doc())
     breakage(doc)
-    with pytest.raises(ValueError, match="does not match the schema"):
+    with pytest.raises(ValueError, match="does not match the schema") as err:
         validate_results(doc)
+    assert where in str(err.value)  # the error names the place that broke
 
 
 def test_json_safe_turns_non_finite_into_null_and_scalars_into_numbers():
