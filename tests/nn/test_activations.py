@@ -308,3 +308,14 @@ def test_public_names_exist():
         assert hasattr(A, name), name
         assert name in A.__all__, name
     assert math.isclose(A.SELU_ALPHA, 1.6732632423543772848) and math.isclose(A.SELU_SCALE, 1.0507009873554804934)
+
+
+@pytest.mark.parametrize("name", ["glu", "reglu", "geglu", "swiglu", "bilinear_glu"])
+def test_glu_family_dim_out_of_range_names_the_argument(name):
+    f = getattr(A, name)
+    with pytest.raises(ValueError, match="dim must be in"):
+        f(torch.ones(2, 4), dim=2)
+    with pytest.raises(IndexError):  # torch's type for it too
+        f(torch.ones(2, 4), dim=-3)
+    with pytest.raises(IndexError):
+        torch.nn.functional.glu(torch.ones(2, 4), dim=2)

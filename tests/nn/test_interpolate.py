@@ -250,3 +250,26 @@ def test_integer_nearest_fast_path_backward(shape, factor):
     (g_got,) = torch.autograd.grad(got, x, g)
     (g_want,) = torch.autograd.grad(want, x, g)
     torch.testing.assert_close(g_got, g_want, rtol=1e-12, atol=1e-12)
+
+
+def test_area_mode_with_non_finite_inputs_equals_torch():
+    x = torch.tensor([[[1.0, float("inf"), 2.0, 3.0, float("nan"), -float("inf"), 4.0]]])
+    for size in (3, 7, 11, 16):  # shrink, keep, grow
+        torch.testing.assert_close(interpolate(x, size=size, mode="area"), F.interpolate(x, size=size, mode="area"),
+                                   equal_nan=True)
+    x2 = x.view(1, 1, 1, 7).expand(1, 1, 3, 7).contiguous()
+    torch.testing.assert_close(interpolate(x2, size=(5, 16), mode="area"),
+                               F.interpolate(x2, size=(5, 16), mode="area"), equal_nan=True)
+
+
+@pytest.mark.parametrize("factor", [float("nan"), float("inf"), [2.0, float("nan")]])
+def test_non_finite_scale_factor_is_a_value_error_naming_it(factor):
+    with pytest.raises(ValueError, match="scale_factor must be finite"):
+        interpolate(torch.ones(1, 1, 4, 4), scale_factor=factor, mode="bilinear")
+
+
+def test_area_mode_on_an_empty_spatial_dimension_is_a_value_error():
+    with pytest.raises(ValueError, match="non-empty spatial"):
+        interpolate(torch.ones(1, 1, 0, 4), size=(2, 2), mode="area")
+    with pytest.raises(RuntimeError):  # torch refuses it too
+        F.interpolate(torch.ones(1, 1, 0, 4), size=(2, 2), mode="area")

@@ -8,7 +8,7 @@ against torch's exception types keep working.
 """
 from __future__ import annotations
 
-__all__ = ["InvalidShapeError", "UnsupportedInputError"]
+__all__ = ["InvalidShapeError", "UnsupportedInputError", "DimOutOfRangeError"]
 
 
 class InvalidShapeError(ValueError, RuntimeError):
@@ -17,3 +17,7 @@ class InvalidShapeError(ValueError, RuntimeError):
 
 class UnsupportedInputError(ValueError, NotImplementedError):
     """A rank/mode combination torch rejects with NotImplementedError."""
+
+
+class DimOutOfRangeError(ValueError, IndexError):
+    """A `dim` argument outside the tensor's dimensions, which torch rejects with IndexError."""

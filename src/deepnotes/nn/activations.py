@@ -40,7 +40,7 @@ from typing import Callable
 
 import torch
 
-from ._errors import InvalidShapeError
+from ._errors import DimOutOfRangeError, InvalidShapeError
 
 # The Modules live in activation_modules.py and are re-exported by __getattr__ below.
 _MODULES = ("Step", "Sigmoid", "Tanh", "Hardtanh", "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU",
@@ -252,6 +252,11 @@ def logsigmoid(x: torch.Tensor) -> torch.Tensor:
 def _halves(x: torch.Tensor, dim: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     if x.dim() == 0:
         raise InvalidShapeError(f"{name}: x must have at least one dimension to halve, got a 0-d tensor")
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"{name}: dim must be an int, got {dim!r}")
+    if not -x.dim() <= dim < x.dim():
+        raise DimOutOfRangeError(f"{name}: dim must be in [{-x.dim()}, {x.dim() - 1}] for x of shape {tuple(x.shape)}, "
+                         f"got dim={dim}")
     size = x.shape[dim]
     if size % 2:
         raise InvalidShapeError(

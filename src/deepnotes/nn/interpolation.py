@@ -167,6 +167,8 @@ def _resolve(x, size, scale_factor, mode, align_corners, recompute_scale_factor)
         if not all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in factors):
             raise TypeError(f"interpolate: scale_factor must be a float or a tuple of floats, got {scale_factor!r}")
         scales = [float(f) for f in factors]
+        if not all(math.isfinite(f) for f in scales):
+            raise ValueError(f"interpolate: scale_factor must be finite, got scale_factor={scale_factor!r}")
         out = [int(x.shape[2 + k] * scales[k]) for k in range(len(scales))]  # ATen truncates in*scale
     else:
         raise ValueError("interpolate: either size or scale_factor should be defined, got neither")
@@ -183,6 +185,9 @@ def _resolve(x, size, scale_factor, mode, align_corners, recompute_scale_factor)
     if mode == "area":
         if any(o < 0 for o in out):
             raise InvalidShapeError(f"interpolate: output size must be >= 0 for area mode, got {out}")
+        if any(n == 0 for n in spatial):  # an area of nothing has no mean (adaptive_avg_pool refuses it too)
+            raise InvalidShapeError(f"interpolate: area mode needs non-empty spatial dimensions of x, got x of "
+                                    f"shape {tuple(x.shape)}")
     elif any(o <= 0 for o in out) or any(n <= 0 for n in spatial):
         raise InvalidShapeError(f"interpolate: input and output sizes should be greater than 0, got input "
                                 f"{spatial} and output {out}")
@@ -193,14 +198,21 @@ def _resolve(x, size, scale_factor, mode, align_corners, recompute_scale_factor)
 
 # --- applying the taps ---------------------------------------------------------------------------
 
-def _gather(x: torch.Tensor, d: int, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Reference: out = sum_t w[:, t] * x.index_select(d, idx[:, t]) along dim d."""
+def _gather(x: torch.Tensor, d: int, idx: torch.Tensor, w: torch.Tensor, skip_zero: bool = False) -> torch.Tensor:
+    """Reference: out = sum_t w[:, t] * x.index_select(d, idx[:, t]) along dim d.
+
+    skip_zero: a tap of weight 0 adds nothing even when it reads inf/NaN (area mode's padding taps, which
+    adaptive pooling never reads); otherwise 0 * inf = NaN, as torch's interpolating kernels give."""
     shape = [1] * x.dim()
     shape[d] = -1
     out = None
     for t in range(idx.shape[1]):
         term = x.index_select(d, idx[:, t])
-        term = term if w is None else w[:, t].reshape(shape) * term
+        if w is not None:
+            weight = w[:, t].reshape(shape)
+            term = weight * term
+            if skip_zero:
+                term = torch.where(weight != 0, term, torch.zeros((), dtype=term.dtype))
         out = term if out is None else out + term
     return out
 
@@ -286,7 +298,7 @@ def _resize(x, mode, out, scales, align_corners, fast):
                 m = torch.zeros(idx.shape[0], x.shape[d], dtype=compute).scatter_add_(1, idx, w)
                 y = _matmul(y, d, m)
             else:
-                y = _gather(y, d, idx, w)
+                y = _gather(y, d, idx, w, skip_zero=mode == "area")
     y = y.to(x.dtype)
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         y = y.contiguous(memory_format=torch.channels_last)
