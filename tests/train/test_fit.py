@@ -381,3 +381,32 @@ def test_a_step_skipped_by_torchs_grad_scaler_is_counted():
     res = fit(model, torch.optim.AdamW(model.parameters(), lr=1e-3), script.make_data(), loss_fn, max_steps=4,
               batch_size=16, precision="fp16", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10), progress=False)
     assert res.skipped_steps == 1 and res.scale == 2.0**9
+
+
+def test_resuming_with_another_optimizer_class_or_group_layout_is_refused(tmp_path):
+    run(5, checkpoint_dir=tmp_path)  # AdamW, one group
+    model = script.make_model()
+    with pytest.raises(CheckpointError, match="AdamW state, this run's optimizer is SGD"):
+        fit(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), script.make_data(), script.mse(0),
+            max_steps=10, batch_size=16, checkpoint_dir=tmp_path, progress=False)
+    model = script.make_model()
+    groups = [{"params": list(model[0].parameters())}, {"params": list(model[3].parameters())}]
+    with pytest.raises(CheckpointError, match=r"sizes \[4\], this run's has \[2, 2\]"):
+        fit(model, torch.optim.AdamW(groups, lr=1e-2), script.make_data(), script.mse(0), max_steps=10,
+            batch_size=16, checkpoint_dir=tmp_path, progress=False)
+
+
+def test_resuming_with_another_lr_or_dataset_warns_and_resume_lr_chooses(tmp_path):
+    run(5, checkpoint_dir=tmp_path / "a")  # lr 1e-2
+    run(5, checkpoint_dir=tmp_path / "b")
+    for folder, choice, want in (("a", "checkpoint", 1e-2), ("b", "current", 5e-3)):
+        model = script.make_model()
+        opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+        with pytest.warns(UserWarning, match=f"lr is \\[0.005\\].*resume_lr='{choice}'"):
+            fit(model, opt, script.make_data(), script.mse(0), max_steps=6, batch_size=16, progress=False,
+                checkpoint_dir=tmp_path / folder, resume_lr=choice)
+        assert opt.param_groups[0]["lr"] == want
+    model = script.make_model()
+    with pytest.warns(UserWarning, match="train_data has 128 examples, the checkpoint's run had 256"):
+        fit(model, torch.optim.AdamW(model.parameters(), lr=1e-2), script.make_data(n=128), script.mse(0),
+            max_steps=7, batch_size=16, progress=False, checkpoint_dir=tmp_path / "a")

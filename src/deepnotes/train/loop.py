@@ -69,6 +69,7 @@ class FitConfig:
     device: str = "cpu"
     progress: bool | None = None  # rich progress bar; None: only when stdout is a terminal
     max_skipped_steps: int = 50  # fp16: this many consecutive steps skipped by the scaler stop the run
+    resume_lr: str = "checkpoint"  # on resume, whose lr wins: "checkpoint" (exact resume) | "current" (this call's)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -82,6 +83,8 @@ class FitConfig:
                 raise ValueError(f"{name} must be a positive int or None, got {v!r}")
         if self.max_steps is None and self.max_epochs is None:
             raise ValueError("set max_steps or max_epochs")
+        if self.resume_lr not in ("checkpoint", "current"):
+            raise ValueError(f"resume_lr must be 'checkpoint' or 'current', got {self.resume_lr!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
 
@@ -276,8 +279,14 @@ def _fit(model, optimizer, data, loss_fn, cfg: FitConfig, eval_fn, ema, schedule
     if ckpt_path and cfg.resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
         _check_compatible(state, cfg, ds, ckpt_path)
+        _check_same_optimizer(state, optimizer, ckpt_path)
+        current_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        _warn_on_changes(state, len(data), current_lrs, cfg, ckpt_path)
         inner.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if cfg.resume_lr == "current":
+            for group, lr in zip(optimizer.param_groups, current_lrs):
+                group["initial_lr"] = group["lr"] = lr  # a schedule rescales lr from initial_lr each step
         if scaler is not None and state.get("scaler") is not None:
             scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema") is not None:
@@ -302,7 +311,10 @@ def _fit(model, optimizer, data, loss_fn, cfg: FitConfig, eval_fn, ema, schedule
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "ema": ema.state_dict() if ema is not None else None, "rng": rngs,
                 "run": {"batch_size": cfg.batch_size, "accumulate": cfg.accumulate,
-                        "world_size": ds.world_size, "seed": cfg.seed, "precision": cfg.precision},
+                        "world_size": ds.world_size, "seed": cfg.seed, "precision": cfg.precision,
+                        "optimizer": type(optimizer).__name__, "dataset_len": len(data),
+                        "param_groups": [len(g["params"]) for g in optimizer.param_groups],
+                        "initial_lr": [float(g["initial_lr"]) for g in optimizer.param_groups]},
             })
         ds.barrier()
 
@@ -424,6 +436,37 @@ def _step(model, optimizer, data, micro, loss_fn, cfg, scaler, schedule, params,
     else:
         optimizer.step()
     return total / len(micro), grad_norm, skipped
+
+
+def _check_same_optimizer(state: dict, optimizer, path: Path) -> None:
+    """A checkpoint's optimizer state only fits the same optimizer class and parameter-group layout."""
+    from .checkpoint import CheckpointError
+
+    run = state.get("run", {})
+    saved_class = run.get("optimizer")
+    if saved_class is not None and saved_class != type(optimizer).__name__:
+        raise CheckpointError(f"cannot resume from {path}: it holds a {saved_class} state, this run's optimizer "
+                              f"is {type(optimizer).__name__}")
+    saved_groups = run.get("param_groups")
+    groups = [len(g["params"]) for g in optimizer.param_groups]
+    if saved_groups is not None and saved_groups != groups:
+        raise CheckpointError(f"cannot resume from {path}: its optimizer has parameter groups of sizes "
+                              f"{saved_groups}, this run's has {groups}")
+
+
+def _warn_on_changes(state: dict, n_data: int, lrs: list, cfg: FitConfig, path: Path) -> None:
+    """Resuming with another dataset or lr is allowed, but never silent."""
+    import warnings
+
+    run = state.get("run", {})
+    if run.get("dataset_len") is not None and run["dataset_len"] != n_data:
+        warnings.warn(f"resuming from {path}: train_data has {n_data} examples, the checkpoint's run had "
+                      f"{run['dataset_len']}; the data order differs from an uninterrupted run", stacklevel=4)
+    saved = run.get("initial_lr")
+    if saved is not None and [float(x) for x in saved] != [float(x) for x in lrs]:
+        wins = "the checkpoint's" if cfg.resume_lr == "checkpoint" else "this call's"
+        warnings.warn(f"resuming from {path}: the optimizer's lr is {[float(x) for x in lrs]}, the checkpoint's "
+                      f"is {saved}; {wins} is used (resume_lr={cfg.resume_lr!r})", stacklevel=4)
 
 
 def _check_compatible(state: dict, cfg: FitConfig, ds: DistState, path: Path) -> None:
