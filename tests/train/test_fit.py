@@ -410,3 +410,19 @@ def test_resuming_with_another_lr_or_dataset_warns_and_resume_lr_chooses(tmp_pat
     with pytest.warns(UserWarning, match="train_data has 128 examples, the checkpoint's run had 256"):
         fit(model, torch.optim.AdamW(model.parameters(), lr=1e-2), script.make_data(n=128), script.mse(0),
             max_steps=7, batch_size=16, progress=False, checkpoint_dir=tmp_path / "a")
+
+
+def test_the_progress_bar_shows_skipped_steps():
+    import io
+
+    from rich.console import Console
+
+    from deepnotes.train.progress import _RichBar
+
+    bar = _RichBar(total=3, done=0)
+    bar.progress.live.console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with bar:
+        bar.advance(0.5, 0)
+        assert bar.progress.tasks[0].fields["skipped"] == ""
+        bar.advance(0.4, 2)
+    assert bar.progress.tasks[0].fields["skipped"] == "skipped 2"

@@ -373,7 +373,7 @@ def _fit(model, optimizer, data, loss_fn, cfg: FitConfig, eval_fn, ema, schedule
                     log(rec)
                 if cfg.eval_every and (result.step % cfg.eval_every == 0 or result.step == total):
                     evaluate()
-                bar.advance(loss)
+                bar.advance(loss, result.skipped_steps)
                 stopping = any_true(stop.requested, ds)
                 if (cfg.checkpoint_every and result.step % cfg.checkpoint_every == 0) or stopping:
                     checkpoint()

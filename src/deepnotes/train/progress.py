@@ -11,7 +11,7 @@ class _NoBar:
     def __exit__(self, *exc):
         return False
 
-    def advance(self, loss: float) -> None:
+    def advance(self, loss: float, skipped: int = 0) -> None:
         pass
 
 
@@ -20,8 +20,9 @@ class _RichBar(_NoBar):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
-        self.task = self.progress.add_task("train", total=total, completed=done, loss="-")
+                                 TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[skipped]}"),
+                                 TimeRemainingColumn())
+        self.task = self.progress.add_task("train", total=total, completed=done, loss="-", skipped="")
 
     def __enter__(self):
         self.progress.__enter__()
@@ -30,8 +31,10 @@ class _RichBar(_NoBar):
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
 
-    def advance(self, loss: float) -> None:
-        self.progress.update(self.task, advance=1, loss=f"{loss:.4f}")
+    def advance(self, loss: float, skipped: int = 0) -> None:
+        """One step done; `skipped`: steps the fp16 loss scaler skipped so far (shown once there are any)."""
+        self.progress.update(self.task, advance=1, loss=f"{loss:.4f}",
+                             skipped=f"skipped {skipped}" if skipped else "")
 
 
 def progress_bar(show: bool, total: int, done: int):
