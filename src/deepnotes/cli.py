@@ -28,21 +28,13 @@ class UsageError(Exception):
 
 
 def _writable_folder(path: Path, flag: str) -> Path:
-    """path as a folder this process can write into (created if missing), or a UsageError naming flag.
+    """path as a writable folder (created if missing), checked before any work; else a UsageError."""
+    from .files import ensure_writable_dir
 
-    Checked before any work, by writing a probe file: permission bits alone do not tell (root, read-only
-    mounts)."""
-    import tempfile
-
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{flag} {path}: exists and is not a folder")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise UsageError(f"{flag} {path}: cannot write there ({err.strerror or err})") from None
-    return path
+        return ensure_writable_dir(path, flag)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

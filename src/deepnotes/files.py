@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "default_file_mode"]
+__all__ = ["atomic_write", "default_file_mode", "ensure_writable_dir"]
 
 
 def default_file_mode() -> int:
@@ -40,4 +40,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], fsync: b
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a folder this process can write into, created if missing; else a ValueError naming `what`.
+
+    Proved by writing a probe file: permission bits alone do not tell (root, read-only mounts). Used to
+    find an unusable output folder before any work, not at the first save."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ValueError(f"{what} {str(path)!r} cannot be written: {err.strerror or err}") from None
     return path

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler, default_collate
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .checks import check_compatible, check_same_optimizer, check_setup, warn_on_changes
 from .distributed import DistState, all_mean, any_true, setup_distributed, teardown_distributed, wrap_model
 from .ema import EMA
 from .progress import progress_bar
@@ -215,39 +216,6 @@ def fit(
         teardown_distributed(dist_state)
 
 
-def _writable(path: Path, what: str) -> None:
-    """Creates folder `path` if needed and proves it writable, or a ValueError naming `what`: found before
-    any training, not at the first save."""
-    import tempfile
-
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{what} {str(path)!r} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise ValueError(f"{what} {str(path)!r} cannot be written: {err.strerror or err}") from None
-
-
-def _check_setup(cfg: FitConfig, scaler) -> None:
-    if scaler is not None and cfg.precision != "fp16":
-        raise ValueError(f"scaler is only used with precision='fp16', got precision={cfg.precision!r} and a "
-                         f"{type(scaler).__name__}; drop the scaler or train in fp16")
-    if scaler is not None:
-        missing = [m for m in ("scale", "unscale_", "step", "update", "get_scale", "state_dict",
-                               "load_state_dict") if not callable(getattr(scaler, m, None))]
-        if missing:
-            raise TypeError(f"scaler must have GradScaler's methods; {type(scaler).__name__} lacks {missing}")
-    if cfg.checkpoint_dir is not None:
-        _writable(Path(cfg.checkpoint_dir), "checkpoint_dir")
-    if cfg.metrics_path is not None:
-        metrics = Path(cfg.metrics_path)
-        if metrics.is_dir():
-            raise ValueError(f"metrics_path {str(metrics)!r} is a folder; expected a file path")
-        _writable(metrics.parent, "metrics_path's folder")
-
-
 def _scaler_enabled(scaler) -> bool:
     is_enabled = getattr(scaler, "is_enabled", None)
     return scaler is not None and (is_enabled() if callable(is_enabled) else True)
@@ -255,7 +223,7 @@ def _scaler_enabled(scaler) -> bool:
 
 def _fit(model, optimizer, data, loss_fn, cfg: FitConfig, eval_fn, ema, schedule, scaler, collate_fn,
          ds: DistState) -> FitResult:
-    _check_setup(cfg, scaler)
+    check_setup(cfg, scaler)
     if cfg.precision == "fp16" and scaler is None:
         from ..amp import DynamicLossScaler
 
@@ -278,10 +246,10 @@ def _fit(model, optimizer, data, loss_fn, cfg: FitConfig, eval_fn, ema, schedule
     metrics_path = Path(cfg.metrics_path) if cfg.metrics_path and ds.is_main else None
     if ckpt_path and cfg.resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
-        _check_compatible(state, cfg, ds, ckpt_path)
-        _check_same_optimizer(state, optimizer, ckpt_path)
+        check_compatible(state, cfg, ds, ckpt_path)
+        check_same_optimizer(state, optimizer, ckpt_path)
         current_lrs = [group["initial_lr"] for group in optimizer.param_groups]
-        _warn_on_changes(state, len(data), current_lrs, cfg, ckpt_path)
+        warn_on_changes(state, len(data), current_lrs, cfg, ckpt_path)
         inner.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if cfg.resume_lr == "current":
@@ -436,46 +404,3 @@ def _step(model, optimizer, data, micro, loss_fn, cfg, scaler, schedule, params,
     else:
         optimizer.step()
     return total / len(micro), grad_norm, skipped
-
-
-def _check_same_optimizer(state: dict, optimizer, path: Path) -> None:
-    """A checkpoint's optimizer state only fits the same optimizer class and parameter-group layout."""
-    from .checkpoint import CheckpointError
-
-    run = state.get("run", {})
-    saved_class = run.get("optimizer")
-    if saved_class is not None and saved_class != type(optimizer).__name__:
-        raise CheckpointError(f"cannot resume from {path}: it holds a {saved_class} state, this run's optimizer "
-                              f"is {type(optimizer).__name__}")
-    saved_groups = run.get("param_groups")
-    groups = [len(g["params"]) for g in optimizer.param_groups]
-    if saved_groups is not None and saved_groups != groups:
-        raise CheckpointError(f"cannot resume from {path}: its optimizer has parameter groups of sizes "
-                              f"{saved_groups}, this run's has {groups}")
-
-
-def _warn_on_changes(state: dict, n_data: int, lrs: list, cfg: FitConfig, path: Path) -> None:
-    """Resuming with another dataset or lr is allowed, but never silent."""
-    import warnings
-
-    run = state.get("run", {})
-    if run.get("dataset_len") is not None and run["dataset_len"] != n_data:
-        warnings.warn(f"resuming from {path}: train_data has {n_data} examples, the checkpoint's run had "
-                      f"{run['dataset_len']}; the data order differs from an uninterrupted run", stacklevel=4)
-    saved = run.get("initial_lr")
-    if saved is not None and [float(x) for x in saved] != [float(x) for x in lrs]:
-        wins = "the checkpoint's" if cfg.resume_lr == "checkpoint" else "this call's"
-        warnings.warn(f"resuming from {path}: the optimizer's lr is {[float(x) for x in lrs]}, the checkpoint's "
-                      f"is {saved}; {wins} is used (resume_lr={cfg.resume_lr!r})", stacklevel=4)
-
-
-def _check_compatible(state: dict, cfg: FitConfig, ds: DistState, path: Path) -> None:
-    run = state.get("run", {})
-    want = {"batch_size": cfg.batch_size, "accumulate": cfg.accumulate, "world_size": ds.world_size,
-            "seed": cfg.seed}
-    diff = {k: (run.get(k), v) for k, v in want.items() if run.get(k) != v}
-    if diff:
-        detail = ", ".join(f"{k}: checkpoint {a} vs now {b}" for k, (a, b) in diff.items())
-        raise ValueError(f"cannot resume exactly from {path}: {detail}")
-    if len(state["rng"]) != ds.world_size:
-        raise ValueError(f"{path} holds RNG states for {len(state['rng'])} processes, this run has {ds.world_size}")
