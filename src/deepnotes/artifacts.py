@@ -108,6 +108,17 @@ class ArtifactStore:
     def __repr__(self) -> str:
         return f"ArtifactStore({str(self.root)!r}, enabled={self.enabled})"
 
+    def counts(self) -> tuple[int, int]:
+        """(hits, trained) so far, to pass to add_counts after a batch of runs in other processes."""
+        return self.hits, self.trained
+
+    def add_counts(self, before: tuple[int, int], loaded: list[bool]) -> None:
+        """Counts runs that used this store in worker processes (each on its own copy of it): `loaded`
+        says per run whether it loaded; runs made in this process since `before` are not counted twice."""
+        hits, trained = self.hits - before[0], self.trained - before[1]
+        self.hits += sum(loaded) - hits
+        self.trained += len(loaded) - sum(loaded) - trained
+
     def paths(self, recipe: Recipe) -> tuple[Path, Path]:
         stem = self.root / f"{recipe.name}-{recipe.key}"
         return stem.with_suffix(".safetensors"), stem.with_suffix(".json")

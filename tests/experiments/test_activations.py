@@ -142,10 +142,10 @@ def test_lm_runs_in_worker_processes_equal_runs_here_and_their_store_counts_are_
     jobs = [(ArtifactStore(tmp_path / "a"), cfg, training, s, stream, stream[:100]) for s in (0, 1)]
     here = map_runs(E.lm_run, jobs, workers=1)
     store = ArtifactStore(tmp_path / "a")
-    before = (store.hits, store.trained)
+    before = store.counts()
     pool = map_runs(E.lm_run, [(store, *job[1:]) for job in jobs], workers=2)
     assert [r["loaded"] for r in here] == [False, False] and [r["loaded"] for r in pool] == [True, True]
     assert [r["val_loss"] for r in here] == [r["val_loss"] for r in pool]
     assert (store.hits, store.trained) == before  # the workers counted on their copies
-    E._merge_store_counts(store, before, [r["loaded"] for r in pool])
+    store.add_counts(before, [r["loaded"] for r in pool])
     assert (store.hits, store.trained) == (2, 0)

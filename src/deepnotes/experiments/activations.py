@@ -226,10 +226,10 @@ def lm_comparison(cfg: LMConfig, ctx: Context) -> Plan:
     seeds = [ctx.seed + 1000 * k for k in range(cfg.seeds)]
     slowest_first = sorted(cfg.activations, key=lambda a: COST_ORDER.index(a) if a in COST_ORDER else -1)
     jobs = [(a, s) for a in slowest_first for s in seeds]
-    counts = (ctx.artifacts.hits, ctx.artifacts.trained)
+    counts = ctx.artifacts.counts()
 
     def finish(out: list) -> Part:
-        _merge_store_counts(ctx.artifacts, counts, [r["loaded"] for r in out])
+        ctx.artifacts.add_counts(counts, [r["loaded"] for r in out])
         runs = {a: [r for (b, _), r in zip(jobs, out) if b == a] for a in cfg.activations}  # in seed order
         loss = {a: [r["val_loss"] for r in runs[a]] for a in cfg.activations}
         level = {a: mean_ci(loss[a], statistic="val loss") for a in cfg.activations}
@@ -256,14 +256,6 @@ def lm_comparison(cfg: LMConfig, ctx: Context) -> Plan:
 
     return Plan([(lm_run, (ctx.artifacts, TinyLMConfig(**model, activation=a), cfg.train, s, train_ids, val_ids))
                  for a, s in jobs], finish)
-
-
-def _merge_store_counts(store, before: tuple[int, int], loaded: list[bool]) -> None:
-    """Runs in worker processes count on their copy of the store: count them here too (runs done in
-    this process already were)."""
-    hits, trained = store.hits - before[0], store.trained - before[1]
-    store.hits += sum(loaded) - hits
-    store.trained += len(loaded) - sum(loaded) - trained
 
 
 # --- plots -------------------------------------------------------------------------------------------
