@@ -225,7 +225,7 @@ def test_ema_warmup_decay_matches_its_formula():
     ({"batch_size": 0}, "batch_size"),
     ({"max_steps": None}, "max_steps or max_epochs"),
     ({"grad_clip": -1.0}, "grad_clip"),
-    ({"learning_rate": 1.0}, "unknown arguments"),
+    ({"learning_rate": 1.0}, "unexpected keyword argument 'learning_rate'"),
 ])
 def test_bad_configuration_is_rejected(kwargs, match):
     model = script.make_model()
@@ -246,6 +246,26 @@ def test_config_object_and_overrides_combine():
     res = fit(model, torch.optim.AdamW(model.parameters()), script.make_data(), script.mse(0),
               config=FitConfig(batch_size=16, max_steps=100, progress=False), max_steps=3)
     assert res.step == 3
+
+
+def test_every_config_field_is_an_explicit_keyword_of_fit():
+    import dataclasses
+    import inspect
+
+    params = inspect.signature(fit).parameters
+    for f in dataclasses.fields(FitConfig):
+        assert f.name in params, f"fit() lacks the keyword {f.name}"
+        assert params[f.name].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_an_explicit_none_replaces_the_configs_value(tmp_path):
+    model = script.make_model()
+    config = FitConfig(batch_size=16, max_steps=2, progress=False, checkpoint_dir=tmp_path / "ckpt")
+    fit(model, torch.optim.AdamW(model.parameters()), script.make_data(), script.mse(0), config=config,
+        checkpoint_dir=None)
+    assert not (tmp_path / "ckpt").exists()
+    fit(model, torch.optim.AdamW(model.parameters()), script.make_data(), script.mse(0), config=config)
+    assert (tmp_path / "ckpt" / "last.safetensors").is_file()
 
 
 def test_sigterm_is_only_intercepted_when_there_is_a_checkpoint_to_write(tmp_path):

@@ -90,6 +90,9 @@ class FitConfig:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
 
 
+_CONFIG_FIELDS = frozenset(f.name for f in fields(FitConfig))
+
+
 @dataclass
 class FitResult:
     step: int  # optimizer steps done in total (including before a resume)
@@ -173,6 +176,16 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+class _Unset:
+    """Default of fit()'s keyword arguments: take the value from `config`, else FitConfig's default."""
+
+    def __repr__(self) -> str:
+        return "<from config>"
+
+
+UNSET: Any = _Unset()
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -185,26 +198,44 @@ def fit(
     schedule: Callable[[int], float] | None = None,
     scaler=None,
     collate_fn: Callable = default_collate,
-    **overrides,
+    batch_size: int = UNSET,
+    max_steps: int | None = UNSET,
+    max_epochs: int | None = UNSET,
+    precision: str = UNSET,
+    grad_clip: float | None = UNSET,
+    accumulate: int = UNSET,
+    shuffle: bool = UNSET,
+    eval_every: int | None = UNSET,
+    log_every: int = UNSET,
+    checkpoint_dir: str | os.PathLike | None = UNSET,
+    checkpoint_every: int | None = UNSET,
+    resume: bool = UNSET,
+    metrics_path: str | os.PathLike | None = UNSET,
+    seed: int = UNSET,
+    device: str = UNSET,
+    progress: bool | None = UNSET,
+    max_skipped_steps: int = UNSET,
+    resume_lr: str = UNSET,
 ) -> FitResult:
     """Trains model on train_data (a map-style Dataset) and returns a FitResult.
 
     Args:
         loss_fn: ``loss_fn(model, batch)`` returns the mean loss of the batch, or
             ``(loss, metrics_dict)``.
-        config: a FitConfig; keyword ``overrides`` set or replace its fields
-            (``fit(..., max_steps=100, precision="bf16")``).
+        config: a FitConfig. The keyword arguments from ``batch_size`` on are its
+            fields (documented there); each one given replaces the config's value
+            (``fit(..., config=cfg, max_steps=100)``), the others come from
+            ``config``, or FitConfig's defaults without one.
         eval_fn: ``eval_fn(model) -> dict`` under no_grad and eval mode, rank 0 only.
         ema: an EMA updated after every optimizer step that was not skipped.
         schedule: lr multiplier as a function of the step (0-based), applied to
             each group's initial lr before the step (see deepnotes.optim.schedules).
-        scaler: the DynamicLossScaler for fp16 (default: a fresh one).
+        scaler: the loss scaler for fp16 (default: a fresh DynamicLossScaler); any
+            object with GradScaler's methods, torch.amp.GradScaler included.
     """
-    known = {f.name for f in fields(FitConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise TypeError(f"fit() got unknown arguments {sorted(unknown)}; FitConfig fields are {sorted(known)}")
-    cfg = FitConfig(**{**(asdict(config) if config else {}), **overrides})
+    given = {name: value for name, value in locals().items()
+             if name in _CONFIG_FIELDS and value is not UNSET}
+    cfg = FitConfig(**{**(asdict(config) if config else {}), **given})
     if not hasattr(train_data, "__len__") or not hasattr(train_data, "__getitem__"):
         raise TypeError(f"train_data must be a map-style Dataset (len and indexing), got {type(train_data).__name__}")
 
