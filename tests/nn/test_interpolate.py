@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from deepnotes.nn.upsampling import Upsample, interpolate, interpolate_reference, resize_matrix
@@ -235,8 +235,7 @@ def test_nearest_picks_exactly_torchs_indices(rank, mode, n, kw):
     x = torch.arange(float(n)).view(*([1] * (rank - 1)), n)
     key, value = next(iter(kw.items()))
     kw = {key: [1] * (rank - 3) + [value] if key == "size" else [1.0] * (rank - 3) + [value]}
-    if key == "scale_factor" and int(n * value) < 1:
-        return
+    assume(key != "scale_factor" or int(n * value) >= 1)  # an empty output is an error, tested elsewhere
     assert torch.equal(interpolate(x, mode=mode, **kw), F.interpolate(x, mode=mode, **kw))
 
 

@@ -339,10 +339,21 @@ def test_an_fp16_nan_storm_stops_after_max_skipped_steps_naming_step_and_scale(t
 
 
 def test_torchs_grad_scaler_works_as_the_fp16_scaler():
-    model = script.make_model()
-    res = fit(model, torch.optim.AdamW(model.parameters(), lr=1e-3), script.make_data(), script.mse(0),
-              max_steps=4, batch_size=16, precision="fp16", scaler=torch.amp.GradScaler("cpu"), progress=False)
-    assert res.step == 4 and res.scale is not None
+    from deepnotes.amp import DynamicLossScaler
+
+    runs = {}
+    for name, scaler in [("torch", torch.amp.GradScaler("cpu", growth_interval=2)),
+                         ("ours", DynamicLossScaler(growth_interval=2))]:
+        model = script.make_model()
+        res = fit(model, torch.optim.AdamW(model.parameters(), lr=1e-3), script.make_data(), script.mse(0),
+                  max_steps=5, batch_size=16, precision="fp16", scaler=scaler, progress=False)
+        runs[name] = (res, model.state_dict())
+    (res_t, weights_t), (res_o, weights_o) = runs["torch"], runs["ours"]
+    assert res_t.step == 5 and res_t.skipped_steps == res_o.skipped_steps
+    assert res_t.scale == res_o.scale != 2.0**16  # the scale moved: the scaler was driven, not bypassed
+    assert res_t.losses == res_o.losses
+    for key in weights_o:
+        torch.testing.assert_close(weights_t[key], weights_o[key], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kw, match", [
