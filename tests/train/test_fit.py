@@ -61,6 +61,47 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert torch.equal(flat(full), flat(resumed))  # dropout RNG, data order, Adam state all restored
 
 
+def noisy_mse(generator):
+    """A loss that draws from its own generator, as a denoising objective does."""
+    def loss_fn(model, batch):
+        x, y = batch
+        noise = torch.randn(x.shape, generator=generator)
+        return ((model(x + noise) - y) ** 2).mean()
+
+    return loss_fn
+
+
+def test_the_losss_generator_is_checkpointed_so_a_resumed_run_draws_the_same_noise(tmp_path):
+    def train(steps, checkpoint_dir=None):
+        model = script.make_model(dropout=0.0)
+        g = torch.Generator().manual_seed(5)
+        res = fit(model, torch.optim.AdamW(model.parameters(), lr=1e-2), script.make_data(), noisy_mse(g),
+                  generator=g, max_steps=steps, batch_size=16, checkpoint_dir=checkpoint_dir, progress=False)
+        return model, res
+
+    full, _ = train(20)
+    train(8, tmp_path)
+    resumed, res = train(20, tmp_path)  # a fresh generator: its state comes from the checkpoint
+    assert res.resumed_from == 8
+    assert torch.equal(flat(full), flat(resumed))
+    without, _ = train(20)  # and the noise matters: a generator ignored on resume would differ
+    g_other = torch.Generator().manual_seed(6)
+    other = script.make_model(dropout=0.0)
+    fit(other, torch.optim.AdamW(other.parameters(), lr=1e-2), script.make_data(), noisy_mse(g_other),
+        max_steps=20, batch_size=16, progress=False)
+    assert torch.equal(flat(full), flat(without)) and not torch.equal(flat(full), flat(other))
+
+
+def test_a_generator_cannot_resume_from_a_checkpoint_without_its_state(tmp_path):
+    model = script.make_model(dropout=0.0)
+    fit(model, torch.optim.AdamW(model.parameters()), script.make_data(), script.mse(0), max_steps=2,
+        batch_size=16, checkpoint_dir=tmp_path, progress=False)
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(CheckpointError, match="generator"):
+        fit(model, torch.optim.AdamW(model.parameters()), script.make_data(), noisy_mse(g), generator=g,
+            max_steps=4, batch_size=16, checkpoint_dir=tmp_path, progress=False)
+
+
 def test_resume_restores_ema_and_truncates_the_metrics_log(tmp_path):
     def go(steps):
         model = script.make_model()

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler, default_collate
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .checks import check_compatible, check_same_optimizer, check_setup, warn_on_changes
 from .distributed import DistState, all_mean, any_true, setup_distributed, teardown_distributed, wrap_model
 from .ema import EMA
@@ -114,15 +114,23 @@ def _to_device(batch: Any, device: str) -> Any:
     return batch
 
 
-def _rng_state() -> dict:
+def _rng_state(generator: torch.Generator | None = None) -> dict:
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": [name, torch.as_tensor(keys.astype(np.int64)), int(pos),
-                                                     int(has_gauss), float(cached)],
-            "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.as_tensor(keys.astype(np.int64)), int(pos),
+                                                      int(has_gauss), float(cached)],
+             "python": random.getstate()}
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
     torch.set_rng_state(state["torch"])
+    if generator is not None:
+        if "generator" not in state:
+            raise CheckpointError("fit(generator=...) resumes from a checkpoint saved without a generator state: "
+                                  "the loss's random draws cannot continue where they stopped")
+        generator.set_state(state["generator"])
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
@@ -198,6 +206,7 @@ def fit(
     schedule: Callable[[int], float] | None = None,
     scaler=None,
     collate_fn: Callable = default_collate,
+    generator: torch.Generator | None = None,
     batch_size: int = UNSET,
     max_steps: int | None = UNSET,
     max_epochs: int | None = UNSET,
@@ -230,6 +239,10 @@ def fit(
         ema: an EMA updated after every optimizer step that was not skipped.
         schedule: lr multiplier as a function of the step (0-based), applied to
             each group's initial lr before the step (see deepnotes.optim.schedules).
+        generator: the torch.Generator that loss_fn draws its randomness from (noise levels,
+            masks), when it does not use the global one; its state is saved in checkpoints and
+            restored on resume like the global RNGs, so a resumed run draws what an
+            uninterrupted one would. Under torchrun, seed it per rank.
         scaler: the loss scaler for fp16 (default: a fresh DynamicLossScaler); any
             object with GradScaler's methods, torch.amp.GradScaler included.
     """
@@ -242,7 +255,7 @@ def fit(
     dist_state = setup_distributed(cfg.device)
     try:
         return _fit(model, optimizer, train_data, loss_fn, cfg, eval_fn, ema, schedule, scaler, collate_fn,
-                    dist_state)
+                    generator, dist_state)
     finally:
         teardown_distributed(dist_state)
 
@@ -253,7 +266,7 @@ def _scaler_enabled(scaler) -> bool:
 
 
 def _fit(model, optimizer, data, loss_fn, cfg: FitConfig, eval_fn, ema, schedule, scaler, collate_fn,
-         ds: DistState) -> FitResult:
+         generator, ds: DistState) -> FitResult:
     check_setup(cfg, scaler)
     if cfg.precision == "fp16" and scaler is None:
         from ..amp import DynamicLossScaler
@@ -290,7 +303,7 @@ def _fit(model, optimizer, data, loss_fn, cfg: FitConfig, eval_fn, ema, schedule
             scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
-        _set_rng_state(state["rng"][ds.rank])
+        _set_rng_state(state["rng"][ds.rank], generator)
         result.step = result.resumed_from = int(state["step"])
         if metrics_path:
             _truncate_log(metrics_path, result.step)
@@ -300,10 +313,10 @@ def _fit(model, optimizer, data, loss_fn, cfg: FitConfig, eval_fn, ema, schedule
     def checkpoint() -> None:
         if ckpt_path is None:
             return
-        rngs = [_rng_state()]
+        rngs = [_rng_state(generator)]
         if ds.enabled:
             rngs = [None] * ds.world_size
-            torch.distributed.all_gather_object(rngs, _rng_state())
+            torch.distributed.all_gather_object(rngs, _rng_state(generator))
         if ds.is_main:
             save_checkpoint(ckpt_path, {
                 "step": result.step, "model": inner.state_dict(), "optimizer": optimizer.state_dict(),
