@@ -1,4 +1,4 @@
-"""The `deepnotes` command: list, run, report, bench."""
+"""The `deepnotes` command: list, run, report, bench, and the domain commands (diffusion)."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import __version__
+from .usage import UsageError
+from .usage import writable_folder as _writable_folder
 
 __all__ = ["main", "build_parser"]
 
@@ -21,20 +23,6 @@ VERDICT_STYLES = {
     "error": "bold magenta",
     "not implemented": "dim",
 }
-
-
-class UsageError(Exception):
-    """A mistake in the command line: message to stderr, exit 2."""
-
-
-def _writable_folder(path: Path, flag: str) -> Path:
-    """path as a writable folder (created if missing), checked before any work; else a UsageError."""
-    from .files import ensure_writable_dir
-
-    try:
-        return ensure_writable_dir(path, flag)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("names", nargs="*", metavar="NAME")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
     bench.add_argument("--out", type=Path, default=None, help="folder for NAME.json (default: benchmarks/results)")
+
+    from .diffusion.cli import add_parser as add_diffusion_parser
+
+    add_diffusion_parser(sub)
     return parser
 
 
@@ -207,7 +199,14 @@ def _cmd_bench(args, console: Console) -> int:
     return 1 if failed else 0
 
 
-COMMANDS = {"list": _cmd_list, "run": _cmd_run, "report": _cmd_report, "bench": _cmd_bench}
+def _cmd_diffusion(args, console: Console) -> int:
+    from .diffusion.cli import run
+
+    return run(args, console)
+
+
+COMMANDS = {"list": _cmd_list, "run": _cmd_run, "report": _cmd_report, "bench": _cmd_bench,
+            "diffusion": _cmd_diffusion}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,9 @@ from .activations import Activations
 from .adamw import AdamWExperiment
 from .flash_attention import FlashAttention
 from .mixed_precision import MixedPrecision
+from .score_sde import ScoreSDE
+from .sde_intro import SDEIntro
+from .smld import SMLD
 from .stochastic_approximation import StochasticApproximation
 from .upsampling import Upsampling
 
@@ -36,4 +39,7 @@ REGISTRY: dict[str, Experiment] = {
     FlashAttention.slug: FlashAttention(),
     AdamWExperiment.slug: AdamWExperiment(),
     MixedPrecision.slug: MixedPrecision(),
+    ScoreSDE.slug: ScoreSDE(),
+    SMLD.slug: SMLD(),
+    SDEIntro.slug: SDEIntro(),
 }

@@ -1,0 +1,50 @@
+"""Score-based generative modelling (notes 3, 8 and 9): SDEs, score-matching losses,
+samplers, ODE likelihoods, NCSN (SMLD) and DDPM, on data of any shape (B, ...).
+
+    sde.py         VESDE, VPSDE, SubVPSDE (score_sde's formulas and defaults)
+    mixture.py     GaussianMixture: exact noised score, for tests with no training
+    losses.py      denoising / sliced score matching, the DDPM epsilon loss
+    samplers.py    sample(sde, score_fn, shape, method=...) -> SampleResult(x, nfe)
+    likelihood.py  log_likelihood via the probability-flow ODE, bits/dim
+    smld.py        NCSN: geometric sigmas, annealed and plain Langevin
+    ddpm.py        discrete DDPM and its epsilon-network <-> VP-SDE score conversion
+    nets.py        time-conditioned MLP and a small U-Net
+    data.py        2-D toy sets and sklearn digits
+    metrics.py     sliced Wasserstein, energy distance, MMD, mode weights, digits Frechet distance
+
+Names are imported lazily from their modules, so `import deepnotes.diffusion` stays cheap.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "sde": ["SDE", "VESDE", "VPSDE", "SubVPSDE"],
+    "mixture": ["GaussianMixture"],
+    "losses": ["dsm_loss", "ssm_loss", "ddpm_loss"],
+    "samplers": ["sample", "SampleResult", "METHODS"],
+    "likelihood": ["log_likelihood", "bits_per_dim", "dequantization_offset"],
+    "smld": ["geometric_sigmas", "ncsnv2_sigma_max", "ncsnv2_gamma", "ncsnv2_gamma_criterion", "ncsn_loss",
+             "annealed_langevin", "langevin"],
+    "ddpm": ["DDPM", "eps_to_score", "score_to_eps"],
+    "nets": ["ScoreMLP", "ScoreUNet"],
+    "data": ["toy_data", "TOY_SETS", "digits_data", "toy_mixture", "LEVELS_DIGITS", "load_array"],
+    "metrics": ["sliced_wasserstein", "energy_distance", "mmd_rbf", "mode_weights", "DigitsFeatures",
+                "frechet_distance", "train_digits_features", "digits_fd"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:  # a submodule: deepnotes.diffusion.samplers
+        return importlib.import_module(f".{name}", __name__)
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
