@@ -22,7 +22,9 @@ run: venv
 test: venv
 	$(BIN)/python -m pytest -q $(ARGS)
 
+# The peers some benchmarks compare with (diffusers) are an extra, not a dependency of the library.
 bench: venv
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/deepnotes bench $(ARGS)
 
 clean:

@@ -76,3 +76,16 @@ def test_usage_errors_exit_2_with_one_line(argv, message, tmp_path, capsys):
 def test_sample_rejects_an_unknown_file_type(trained, tmp_path, capsys):
     assert main(["diffusion", "sample", str(trained), "--out", str(tmp_path / "s.csv")]) == 2
     assert ".npy or .png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "{model}", "--method", "pc", "--steps", "10", "--out", "{tmp}/s.npy"], "steps=10"),
+    (["sample", "{model}", "--snr", "0", "--method", "pc", "--steps", "30", "--out", "{tmp}/s.npy"], "snr"),
+    (["nll", "{model}", "--data", "toy:8gaussians", "--levels", "1"], "--levels"),
+    (["nll", "{model}", "--data", "digits"], "shape"),
+])
+def test_bad_sampling_and_likelihood_arguments_are_usage_errors(argv, message, trained, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{model}", str(trained)) for a in argv]
+    assert main(["diffusion", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deepnotes diffusion: ") and message in err and "Traceback" not in err

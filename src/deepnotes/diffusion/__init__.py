@@ -11,6 +11,8 @@ samplers, ODE likelihoods, NCSN (SMLD) and DDPM, on data of any shape (B, ...).
     nets.py        time-conditioned MLP and a small U-Net
     data.py        2-D toy sets and sklearn digits
     metrics.py     sliced Wasserstein, energy distance, MMD, mode weights, digits Frechet distance
+    train.py       ScoreModel (a network as score_fn), ScoreTraining, train_score_model through fit()
+    cli.py         deepnotes diffusion train|sample|nll
 
 Names are imported lazily from their modules, so `import deepnotes.diffusion` stays cheap.
 """
@@ -29,6 +31,8 @@ _EXPORTS = {
     "ddpm": ["DDPM", "eps_to_score", "score_to_eps"],
     "nets": ["ScoreMLP", "ScoreUNet"],
     "data": ["toy_data", "TOY_SETS", "digits_data", "toy_mixture", "LEVELS_DIGITS", "load_array"],
+    "train": ["ScoreModel", "ScoreTraining", "build_score_model", "train_score_model", "trained_score_model",
+              "make_sde", "sde_config", "SDES"],
     "metrics": ["sliced_wasserstein", "energy_distance", "mmd_rbf", "mode_weights", "DigitsFeatures",
                 "frechet_distance", "train_digits_features", "digits_fd"],
 }

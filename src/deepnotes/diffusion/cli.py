@@ -200,9 +200,12 @@ def _sample_to(model, n, method, steps, snr, seed, path: Path) -> int:
     from .samplers import sample
 
     shape = (n, *model_shape(model))
-    with torch.no_grad():
-        result = sample(model.sde, model, shape, method=method, steps=steps, snr=snr,
-                        eps=1e-5 if model.sigma_scaled else 1e-3, generator=torch.Generator().manual_seed(seed))
+    try:
+        with torch.no_grad():
+            result = sample(model.sde, model, shape, method=method, steps=steps, snr=snr,
+                            eps=1e-5 if model.sigma_scaled else 1e-3, generator=torch.Generator().manual_seed(seed))
+    except ValueError as err:  # the sampler checks its arguments before any work: a usage error
+        raise UsageError(str(err)) from None
     save_samples(result.x.detach(), path)
     return result.nfe
 
@@ -230,18 +233,20 @@ def _sample(args, console) -> int:
 def _nll(args, console) -> int:
     import torch
 
-    from .likelihood import bits_per_dim, dequantization_offset, log_likelihood
+    from .likelihood import bits_per_dim, dequantization_offset, dequantize, log_likelihood
 
     model, meta = _load_model(args.model)
     data, levels = load_data(args.data, args.n, args.seed + 7)
     levels = args.levels or levels
+    if levels is not None and levels < 2:
+        raise UsageError(f"--levels must be at least 2, got {levels}")
     if tuple(data.shape[1:]) != tuple(meta["data_shape"]):
         raise UsageError(f"--data has examples of shape {tuple(data.shape[1:])}; the model was trained on "
                          f"{tuple(meta['data_shape'])}")
     g = torch.Generator().manual_seed(args.seed)
     x = data[torch.randperm(data.shape[0], generator=g)[: args.n]]
-    if levels:  # uniform dequantisation: a level k/(L-1) becomes (k + u)/L, u ~ U(0, 1)
-        x = (x * (levels - 1) + torch.rand(x.shape, generator=g)) / levels
+    if levels:  # uniform dequantisation: level k/(L-1) on [0, 1] becomes (k + u)/L, u ~ U(0, 1)
+        x = dequantize(x, levels, generator=g)
     log_p, nfe = log_likelihood(model.sde, model, x, estimator=args.estimator, generator=g)
     console.print(f"NLL {-log_p.mean():.4f} nats per example over {x.shape[0]} examples ({nfe} score evaluations)")
     if levels:

@@ -137,7 +137,7 @@ def build_score_model(sde: SDE, data_shape: tuple[int, ...], *, hidden: int = 12
 
 @dataclass(frozen=True)
 class ScoreTraining:
-    objective: str = "dsm"  # "dsm" (continuous t) | "ddpm" (discrete ε-loss, VP only)
+    objective: str = "dsm"  # "dsm" (continuous t) | "ddpm" (discrete ε-loss, VP) | "ncsn" | "ssm" (VE)
     steps: int = 2000  # optimizer steps
     batch_size: int = 256
     lr: float = 2e-3  # AdamW peak learning rate
@@ -164,6 +164,13 @@ class ScoreTraining:
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.eps < 1.0:
+            raise ValueError(f"eps must be in [0, 1) (the smallest training time; T = 1), got {self.eps}")
+        if isinstance(self.n_levels, bool) or not isinstance(self.n_levels, int) or self.n_levels < 2:
+            raise ValueError(f"n_levels must be an int >= 2, got {self.n_levels!r}")
+        if self.weighting not in ("default", "likelihood") or self.reduce not in ("mean", "sum"):
+            raise ValueError(f"weighting must be 'default' or 'likelihood' and reduce 'mean' or 'sum', got "
+                             f"{self.weighting!r}, {self.reduce!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -217,7 +224,7 @@ def train_score_model(model: ScoreModel, data: Tensor, cfg: ScoreTraining, *, ge
     resumed run draws what an uninterrupted one would); the data order is seeded from it too.
     ``stop_after`` ends the call after that many steps of the run (its schedule still spans
     cfg.steps): with ``checkpoint_dir`` a later call continues it, as after an interruption.
-    Returns JSON-able ``{"loss_curve": [[step, mean loss over the last 10% of steps so far]...],
+    Returns JSON-able ``{"loss_curve": [[step, mean loss of the window of 10% of the run ending there]...],
     "final_loss", "steps", "seconds"}``.
     """
     if not isinstance(data, Tensor) or data.dim() < 2 or data.shape[0] < cfg.batch_size:

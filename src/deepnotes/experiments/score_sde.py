@@ -22,7 +22,7 @@ Measured here, on FFJORD's 8 gaussians with score networks trained by fit() (dee
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -93,8 +93,8 @@ def train_and_sample(store, sde_name: str, seed: int, setup: ToySetup, data_seed
     from ..diffusion.data import toy_data
     from ..diffusion.likelihood import log_likelihood
     from ..diffusion.metrics import sliced_wasserstein
-    from ..diffusion.mixture import GaussianMixture
     from ..diffusion.data import toy_mixture
+    from ..diffusion.mixture import GaussianMixture
     from ..diffusion.samplers import sample
     from ..diffusion.train import trained_score_model
 
@@ -280,6 +280,3 @@ class ScoreSDE(NoteExperiment):
                    f"1000; Gaussian ODE log-likelihood max error {m['gaussian_ode_max_abs_error']:.1e} nats.")
         return Result(metrics=m, checks=quality.checks + likelihood.checks, tables=quality.tables, summary=summary)
 
-
-def _replace_training(setup: ToySetup, **kw) -> ToySetup:
-    return replace(setup, training=replace(setup.training, **kw))

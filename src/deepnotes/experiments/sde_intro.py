@@ -98,7 +98,7 @@ def alpha_bar_part() -> Part:
     cont = table["continuous"]
     gaps = [d - cont for d in table["discrete"]]
     at_1000 = table["discrete"][table["N"].index(1000)]
-    increases = sum(abs(b) >= abs(a) for a, b in zip(gaps, gaps[1:]))
+    increases = sum(abs(b) > abs(a) for a, b in zip(gaps, gaps[1:]))
     order = convergence_order(table["N"], gaps)
     metrics = {"sqrt_alpha_bar_1000": at_1000, "sqrt_alpha_bar_continuous": cont, "gap_at_1e5": gaps[-1],
                "gap_increases": increases, "convergence_order": order}

@@ -110,13 +110,13 @@ def relative_score_error(score_fn, n: int, seed: int) -> float:
     return num / den
 
 
-def learned_run(store, objective: str, seed: int, steps: int, n_train: int, n_eval: int) -> dict:
+def learned_run(store, objective: str, seed: int, steps: int, n_train: int, n_eval: int, data_seed: int) -> dict:
     """Trains (or loads) a noise-conditional score by `objective` ("ncsn" | "ssm") and scores it."""
     from ..diffusion.data import toy_data
     from ..diffusion.smld import annealed_langevin, geometric_sigmas
     from ..diffusion.train import ScoreTraining, trained_score_model
 
-    data = toy_data("ncsn", n_train, generator=torch.Generator().manual_seed(11))
+    data = toy_data("ncsn", n_train, generator=torch.Generator().manual_seed(data_seed))
     cfg = ScoreTraining(objective=objective, steps=steps, batch_size=256, lr=2e-3, warmup=min(100, steps // 10),
                         schedule="cosine", ema_decay=0.99, n_levels=LEVELS)
     hits = store.hits
@@ -180,7 +180,8 @@ def learned_plan(ctx: Context, n_seeds: int, steps: int, n_train: int, n_eval: i
                       ["objective", "relative score error", "95% CI", "heavy-mode share (annealed)", "n"], rows)
         return Part(metrics, checks, [table], data={"out": out})
 
-    return Plan([(learned_run, (ctx.artifacts, obj, seed, steps, n_train, n_eval)) for obj, seed in jobs], finish)
+    return Plan([(learned_run, (ctx.artifacts, obj, seed, steps, n_train, n_eval, ctx.seed + 11))
+                 for obj, seed in jobs], finish)
 
 
 def digits_samples(ctx: Context) -> None:
@@ -269,7 +270,7 @@ class SMLD(NoteExperiment):
     def measure(self, ctx: Context) -> Result:
         n_seeds = ctx.pick(5, 8, tiny=2)
         learned, mass = run_plans([  # the training runs first: the short chains fill the cores at the end
-            learned_plan(ctx, n_seeds=ctx.pick(3, 5, tiny=2), steps=ctx.pick(1000, 4000, tiny=20),
+            learned_plan(ctx, n_seeds=ctx.pick(3, 5, tiny=2), steps=ctx.pick(600, 3000, tiny=20),
                          n_train=ctx.pick(10000, 20000, tiny=512), n_eval=ctx.pick(2000, 4000, tiny=64)),
             mass_plan(ctx, n=ctx.pick(2000, 4000, tiny=64), n_seeds=n_seeds),
         ], workers=ctx.pick(None, None, tiny=1))
