@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "upsampling": "upsampling.py",
     "attention": "attention.py",
     "attention-gpu": "attention_gpu.py",
+    "diffusion": "diffusion.py",
 }
 
 

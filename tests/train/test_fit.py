@@ -498,3 +498,34 @@ def test_the_progress_bar_shows_skipped_steps():
         assert bar.progress.tasks[0].fields["skipped"] == ""
         bar.advance(0.4, 2)
     assert bar.progress.tasks[0].fields["skipped"] == "skipped 2"
+
+
+def test_a_tensor_dataset_is_batched_by_indexing_with_the_same_batches_as_item_by_item():
+    class ItemByItem(torch.utils.data.Dataset):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getitem__(self, i):
+            return self.inner[i]
+
+    weights = []
+    for data in (script.make_data(), ItemByItem(script.make_data())):
+        model = script.make_model(dropout=0.0)
+        fit(model, torch.optim.AdamW(model.parameters(), lr=1e-2), data, script.mse(0), max_steps=6, batch_size=16,
+            progress=False)
+        weights.append(flat(model))
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_ema_updates_every_name_of_a_tied_parameter():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    model[1].weight = model[0].weight  # tied: two state_dict names, one parameter
+    ema = EMA(model, decay=0.5, warmup=False)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update(model)
+    assert torch.equal(ema.shadow["0.weight"], ema.shadow["1.weight"])
+    torch.testing.assert_close(ema.shadow["0.weight"], model[0].weight.detach() - 0.5)

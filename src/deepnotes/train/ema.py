@@ -48,12 +48,21 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         model = getattr(model, "module", model)
         d = self.current_decay()
-        for name, value in model.state_dict().items():
-            shadow = self.shadow[name]
-            if name in self._param_names and value.is_floating_point():
-                shadow.mul_(d).add_(value.detach().to(shadow.dtype), alpha=1 - d)
+        shadows, values = [], []
+        for name, p in model.named_parameters(remove_duplicate=False):
+            shadow = self.shadow.get(name)
+            if shadow is None:
+                continue
+            if p.is_floating_point():
+                shadows.append(shadow)
+                values.append(p.detach().to(shadow.dtype))
             else:
-                shadow.copy_(value.detach())
+                shadow.copy_(p.detach())
+        if shadows:  # one vectorised pass: shadow += (1 - d)(p - shadow), i.e. d·shadow + (1 - d)·p
+            torch._foreach_lerp_(shadows, values, 1 - d)
+        for name, b in model.named_buffers(remove_duplicate=False):
+            if name in self.shadow:
+                self.shadow[name].copy_(b.detach())
         self.num_updates += 1
 
     @torch.no_grad()

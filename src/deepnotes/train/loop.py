@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DistributedSampler, default_collate
+from torch.utils.data import DistributedSampler, TensorDataset, default_collate
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .checks import check_compatible, check_same_optimizer, check_setup, warn_on_changes
@@ -404,6 +404,15 @@ def _fit(model, optimizer, data, loss_fn, cfg: FitConfig, eval_fn, ema, schedule
     return result
 
 
+def _gather(data, idx: list[int], collate_fn):
+    """collate_fn([data[i] for i in idx]); a TensorDataset with the default collate is indexed once per
+    tensor instead (the same batch, as default_collate stacks its items into a list)."""
+    if collate_fn is default_collate and type(data) is TensorDataset:
+        index = torch.as_tensor(idx)
+        return [t[index] for t in data.tensors]
+    return collate_fn([data[i] for i in idx])
+
+
 def _step(model, optimizer, data, micro, loss_fn, cfg, scaler, schedule, params, collate_fn, step, ds):
     """One optimizer step over the micro-batches; returns (mean loss, grad norm, skipped)."""
     if schedule is not None:
@@ -413,7 +422,7 @@ def _step(model, optimizer, data, micro, loss_fn, cfg, scaler, schedule, params,
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for a, idx in enumerate(micro):
-        batch = _to_device(collate_fn([data[i] for i in idx]), cfg.device)
+        batch = _to_device(_gather(data, idx, collate_fn), cfg.device)
         sync = contextlib.nullcontext() if (not ds.enabled or a == len(micro) - 1) else model.no_sync()
         with sync:
             with _autocast(cfg.precision, cfg.device):
