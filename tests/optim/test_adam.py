@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import deepnotes.optim.adam as adam_module
+import deepnotes.optim._foreach_adam as foreach_module
 from deepnotes.optim import Adam, AdamW
 
 F64 = torch.float64
@@ -182,7 +182,7 @@ def test_complex_parameters_match_torch():
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_foreach_equals_for_loop_with_blocks_split_views_and_mixed_dtypes(pair, amsgrad, monkeypatch):
     # A tiny block size makes _blocks split tensors into views and cut the list into many blocks.
-    monkeypatch.setattr(adam_module, "_CPU_BLOCK_NUMEL", 7)
+    monkeypatch.setattr(foreach_module, "_CPU_BLOCK_BYTES", 7 * 8)  # 7 float64 (14 float32) elements
     cls = PAIRS[pair][0]
     gen = torch.Generator().manual_seed(5)
     shapes = [(), (3,), (20,), (4, 6), (6, 4), (1,), (50,)]
@@ -204,6 +204,21 @@ def test_foreach_equals_for_loop_with_blocks_split_views_and_mixed_dtypes(pair, 
         torch.testing.assert_close(a, b, rtol=0, atol=tol)
         for key in finals[0][1].state[a]:
             torch.testing.assert_close(finals[0][1].state[a][key], finals[1][1].state[b][key], rtol=0, atol=tol)
+
+
+def test_blocks_cover_every_element_once_within_the_budget(monkeypatch):
+    monkeypatch.setattr(foreach_module, "_CPU_BLOCK_BYTES", 10 * 4)  # 10 float32 elements per array
+    tensors = [torch.zeros(n) for n in (3, 4, 25, 7, 1, 10)]
+    tensors.append(torch.zeros(4, 6).t())  # larger than a block but not contiguous: kept whole
+    index = [float(i) for i in range(len(tensors))]
+    blocks = list(foreach_module._blocks([tensors], [index]))
+    for (views,), (scalars,) in blocks:
+        assert sum(v.numel() for v in views) <= 10 or len(views) == 1
+        assert len(scalars) == len(views)
+        for v in views:
+            v.add_(1)  # views share storage with the tensors
+    assert all(torch.equal(t, torch.ones_like(t)) for t in tensors)
+    assert len(blocks) == 7  # [3, 4], then 25 as [10], [10], [5], then [7, 1], [10], [24]
 
 
 # --- float32 over 1,000 steps ------------------------------------------------------------------
@@ -347,19 +362,23 @@ def test_sparse_gradients_are_refused():
 @pytest.mark.parametrize("kwargs, name", [
     (dict(lr=-1e-3), "lr"), (dict(lr=math.nan), "lr"), (dict(eps=-1.0), "eps"),
     (dict(betas=(1.0, 0.999)), r"betas\[0\]"), (dict(betas=(0.9, -0.1)), r"betas\[1\]"),
-    (dict(betas=(0.9,)), "betas"), (dict(weight_decay=-0.1), "weight_decay"),
-    (dict(fused=True), "fused"), (dict(capturable=True), "capturable"),
-    (dict(differentiable=True), "differentiable"), (dict(lr=torch.tensor(0.1), foreach=True), "lr"),
-    (dict(lr=torch.tensor([0.1, 0.2])), "lr"),
+    (dict(weight_decay=-0.1), "weight_decay"), (dict(lr=torch.tensor(0.1), foreach=True), "lr"),
+    (dict(lr=torch.tensor([0.1, 0.2])), "lr"), (dict(betas=(0.9, torch.tensor(0.99))), "betas"),
+    (dict(betas=(torch.tensor(0.9), torch.tensor(0.99)), foreach=True), r"betas\[0\]"),
 ])
 @pytest.mark.parametrize("cls", [Adam, AdamW])
-def test_bad_hyperparameters_raise_value_error_naming_them(cls, kwargs, name):
-    with pytest.raises(ValueError, match=name):
+def test_bad_hyperparameters_raise_torchs_value_error_naming_them(cls, kwargs, name):
+    with pytest.raises(ValueError, match=name) as ours:
         cls([torch.nn.Parameter(torch.ones(1))], **kwargs)
-    # torch rejects the same values (except the options we do not implement).
-    if not any(k in kwargs for k in ("fused", "capturable", "differentiable", "foreach")):
-        with pytest.raises((ValueError, IndexError)):
-            torch.optim.Adam([torch.nn.Parameter(torch.ones(1))], **kwargs)
+    torch_cls = torch.optim.Adam if cls is Adam else torch.optim.AdamW
+    with pytest.raises(ValueError) as theirs:
+        torch_cls([torch.nn.Parameter(torch.ones(1))], **kwargs)
+    assert str(ours.value).startswith(str(theirs.value))  # torch's message, then the argument's name
+
+
+def test_a_malformed_betas_pair_is_a_value_error_naming_betas():
+    with pytest.raises(ValueError, match="betas"):  # torch: IndexError from betas[1]
+        Adam([torch.nn.Parameter(torch.ones(1))], betas=(0.9,))
 
 
 # --- AdamW(independent_weight_decay=True): θ ← θ(1 − η_t·λ), η_t = γ_t/γ_0 -------------------------
