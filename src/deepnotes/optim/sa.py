@@ -101,7 +101,7 @@ def running_mean(xs) -> Tensor:
     """
     x = torch.as_tensor(xs)
     if x.dim() == 0:
-        raise ValueError(f"xs must have a sequence dimension, got a 0-dim tensor")
+        raise ValueError("xs must have a sequence dimension, got a 0-dim tensor")
     if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())
     out = torch.empty_like(x)
