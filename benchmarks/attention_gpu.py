@@ -9,7 +9,8 @@ on the CPU by Triton's interpreter (tests/attention/test_flash_triton_interpret.
 1. correctness: flash_attention on CUDA tensors (which dispatches to Triton)
    vs a float64 reference with flash-attn's rule (output <= 2x, gradients <= 3x
    the naive error in the same dtype, + 1e-5), fp16 and bf16, causal/non-causal,
-   Sq != Sk, GQA, odd head dims; also a check that the dispatch took Triton.
+   Sq != Sk, GQA, odd head dims, ALiBi slopes, and flash_attention_varlen on
+   packed sequences; also a check that the dispatch took Triton.
 2. launch settings: a small sweep of (block_m, block_n, num_warps) at one shape.
 3. speed: B=4, H=32, D in {64, 128}, N from 1k to 16k, causal or not, forward and
    forward+backward; TFLOP/s = 4*B*H*N^2*D (x3.5 with backward, /2 causal) for
@@ -38,7 +39,8 @@ def main() -> int:
 
     import triton.testing
 
-    from deepnotes.attention import attention_reference, flash_attention, uses_triton
+    from deepnotes.attention import (attention_reference, attention_reference_varlen, flash_attention,
+                                     flash_attention_varlen, uses_triton)
     from deepnotes.attention.tolerance import flash_rule
     from deepnotes.attention.triton_kernel import triton_attention
     from deepnotes.bench import write_result
@@ -59,24 +61,45 @@ def main() -> int:
         dict(dtype=torch.float16, B=2, H=4, Hkv=4, Sq=512, Sk=512, D=96, causal=False, window=(64, 16)),
         dict(dtype=torch.bfloat16, B=2, H=4, Hkv=2, Sq=300, Sk=500, D=64, causal=True, softcap=30.0),
         dict(dtype=torch.float32, B=1, H=4, Hkv=4, Sq=257, Sk=129, D=64, causal=True),
+        # ALiBi (flash-attn's draw: rand * 0.3), per head and per (batch, head)
+        dict(dtype=torch.float16, B=2, H=8, Hkv=2, Sq=1023, Sk=1024, D=128, causal=True, alibi="bh"),
+        dict(dtype=torch.float32, B=2, H=6, Hkv=1, Sq=799, Sk=3, D=59, causal=False, alibi="h"),
+        dict(dtype=torch.bfloat16, B=2, H=4, Hkv=4, Sq=512, Sk=700, D=64, window=(100, 20), softcap=30.0, alibi="h"),
+        # packed variable-length sequences (flash_attention_varlen), lens = (query lengths, key lengths)
+        dict(dtype=torch.float16, B=4, H=8, Hkv=2, Sq=0, Sk=0, D=128, causal=True, alibi="bh",
+             lens=([1000, 1, 333, 0], [1000, 517, 200, 64])),
+        dict(dtype=torch.float32, B=3, H=4, Hkv=4, Sq=0, Sk=0, D=64, window=(64, 0),
+             lens=([257, 129, 64], [129, 257, 0])),
     ]
     for c in cases:
         c = dict(c)
         dtype, B, H, Hkv, Sq, Sk, D = (c.pop(x) for x in ("dtype", "B", "H", "Hkv", "Sq", "Sk", "D"))
+        lens, alibi = c.pop("lens", None), c.pop("alibi", None)
+        name = f"{dtype} B{B} H{H}/{Hkv} {f'varlen {lens}' if lens else f'{Sq}x{Sk}'} d{D} alibi={alibi} {c}"
         g = torch.Generator(device=dev).manual_seed(0)
-        q = torch.randn(B, H, Sq, D, device=dev, generator=g).to(dtype).requires_grad_()
-        k = torch.randn(B, Hkv, Sk, D, device=dev, generator=g).to(dtype).requires_grad_()
-        v = torch.randn(B, Hkv, Sk, D, device=dev, generator=g).to(dtype).requires_grad_()
-        do = torch.randn(B, H, Sq, D, device=dev, generator=g).to(dtype)
-        name = f"{dtype} B{B} H{H}/{Hkv} {Sq}x{Sk} d{D} {c}"
+        if alibi is not None:
+            c["alibi_slopes"] = torch.rand((H,) if alibi == "h" else (B, H), device=dev, generator=g) * 0.3
+        if lens is not None:  # packed (T, H, D) tensors and their cu_seqlens
+            cu = [torch.tensor([0] + torch.tensor(x).cumsum(0).tolist(), dtype=torch.int32, device=dev)
+                  for x in lens]
+            shapes = [(sum(lens[0]), H, D), (sum(lens[1]), Hkv, D), (sum(lens[1]), Hkv, D), (sum(lens[0]), H, D)]
+            extra = (cu[0], cu[1], max(lens[0]), max(lens[1]))
+            fast = lambda *a, **kw: flash_attention_varlen(*a, *extra, **kw)  # noqa: E731
+            naive = lambda *a, **kw: attention_reference_varlen(*a, *extra, **kw)  # noqa: E731
+        else:
+            shapes = [(B, H, Sq, D), (B, Hkv, Sk, D), (B, Hkv, Sk, D), (B, H, Sq, D)]
+            fast, naive = flash_attention, attention_reference
+        q, k, v, do = [torch.randn(s_, device=dev, generator=g).to(dtype) for s_ in shapes]
+        q, k, v = [x.requires_grad_() for x in (q, k, v)]
         try:
-            assert uses_triton(q, k, v), "dispatch did not choose the Triton kernel"
-            o = flash_attention(q, k, v, **c)
+            if lens is None:
+                assert uses_triton(q, k, v), "dispatch did not choose the Triton kernel"
+            o = fast(q, k, v, **c)
             grads = torch.autograd.grad(o, [q, k, v], do)
-            ob = attention_reference(q, k, v, **c)
+            ob = naive(q, k, v, **c)
             gb = torch.autograd.grad(ob, [q, k, v], do)
             q6, k6, v6 = [x.detach().double().requires_grad_() for x in (q, k, v)]
-            o6 = attention_reference(q6, k6, v6, **c)
+            o6 = naive(q6, k6, v6, **c)
             g6 = torch.autograd.grad(o6, [q6, k6, v6], do.double())
             rules = [flash_rule(o, ob, o6)] + [flash_rule(a, b, r, factor=3.0) for a, b, r in zip(grads, gb, g6)]
             passed = all(r.passed for r in rules) and bool(torch.isfinite(o).all())

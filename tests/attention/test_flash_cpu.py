@@ -186,3 +186,29 @@ def test_scale_argument():
     ref = attention_reference(q.double(), k.double(), v.double(), scale=0.37)
     alt = attention_reference(q.double() * 0.37 * math.sqrt(16), k.double(), v.double())
     assert max_abs_err(ref, alt) <= 1e-12
+
+
+@pytest.mark.parametrize("tile_bytes", [1, 4 * 3 * 32 * 48 * 8, 1 << 30],
+                         ids=["one-kv-head-per-step", "two-batches-per-step", "everything-per-step"])
+def test_head_chunks_equal_the_reference(monkeypatch, tile_bytes):
+    """Tile steps over chunks of (batch, kv head) pairs: head ranges of one batch, several whole
+    batches, or all of them, with masks broadcast over either dim, ALiBi per (b, h), GQA and dropout."""
+    import deepnotes.attention.tiles as tiles_mod
+
+    monkeypatch.setattr(tiles_mod, "TILE_BYTES", tile_bytes)
+    g = torch.Generator().manual_seed(11)
+    B, H, Hkv, Sq, Sk, D = 3, 6, 2, 70, 90, 8
+    q, k, v, do = _inputs(B, H, Hkv, Sq, Sk, D, dtype=torch.float64, seed=12)
+    bias = torch.randn(1, H, Sq, 1, generator=g, dtype=torch.float64).requires_grad_()
+    kw = dict(causal=True, alibi_slopes=torch.rand(B, H, generator=g, dtype=torch.float64))
+
+    def run(fn, mask, **extra):
+        o = fn(q, k, v, mask=mask, generator=torch.Generator().manual_seed(5), **kw, **extra)
+        return (o, *torch.autograd.grad(o, [q, k, v] + ([bias] if mask is bias else []), do))
+
+    keep = torch.rand(B, 1, Sq, Sk, generator=g) > 0.2
+    for mask, extra in ((keep, dict(dropout_p=0.25)), (bias, {})):
+        ours = run(lambda *a, **c: blockwise_attention(*a, block_q=32, block_k=48, **c), mask, **extra)
+        ref = run(attention_reference, mask, **extra)
+        for a, b in zip(ours, ref):
+            assert max_abs_err(a, b) <= 1e-12

@@ -28,29 +28,39 @@ CHILD = textwrap.dedent(r'''
     assert os.environ.get("TRITON_INTERPRET") == "1"
     import torch
     torch.set_num_threads(1)
-    from deepnotes.attention import attention_reference
-    from deepnotes.attention.triton_kernel import triton_attention
+    from deepnotes.attention import attention_reference, attention_reference_varlen
+    from deepnotes.attention.triton_kernel import triton_attention, triton_attention_varlen
     from deepnotes.attention.tolerance import flash_rule, max_abs_err
 
     DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-    def run(name, dtype, B, H, Hkv, Sq, Sk, D, transpose=False, **kw):
+    def run(name, dtype, B, H, Hkv, Sq, Sk, D, transpose=False, alibi=None, lens=None, **kw):
         dtype = DT[dtype]
         g = torch.Generator().manual_seed(len(name))
-        q = torch.randn(B, H, Sq, D, generator=g)
-        k = torch.randn(B, Hkv, Sk, D, generator=g)
-        v = torch.randn(B, Hkv, Sk, D, generator=g)
-        do = torch.randn(B, H, Sq, D, generator=g).to(dtype)
+        if alibi is not None:  # flash-attn's draw: rand * 0.3, per head or per (batch, head)
+            kw["alibi_slopes"] = torch.rand((H,) if alibi == "h" else (B, H), generator=g) * 0.3
+        if lens is not None:  # packed (T, H, D) sequences: lens = (lengths of q, lengths of k)
+            cu = [torch.tensor([0] + torch.tensor(x).cumsum(0).tolist(), dtype=torch.int32) for x in lens]
+            shapes = [(sum(lens[0]), H, D), (sum(lens[1]), Hkv, D), (sum(lens[1]), Hkv, D), (sum(lens[0]), H, D)]
+            extra = (cu[0], cu[1], max(lens[0]), max(lens[1]))
+            fast = lambda *a, **c: triton_attention_varlen(*a, *extra, block_m=16, block_n=16, **c)  # noqa: E731
+            ref = lambda *a, **c: attention_reference_varlen(*a, *extra, **c)  # noqa: E731
+        else:
+            shapes = [(B, H, Sq, D), (B, Hkv, Sk, D), (B, Hkv, Sk, D), (B, H, Sq, D)]
+            fast = lambda *a, **c: triton_attention(*a, block_m=16, block_n=16, **c)  # noqa: E731
+            ref = attention_reference
+        q, k, v, do = [torch.randn(s_, generator=g) for s_ in shapes]
+        do = do.to(dtype)
         if transpose:  # (B, S, H, D) storage seen as (B, H, S, D), as transformers passes it
             q, k, v = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v)]
         q, k, v = [x.to(dtype).requires_grad_() for x in (q, k, v)]
-        o, lse = triton_attention(q, k, v, return_lse=True, block_m=16, block_n=16, **kw)
+        o, lse = fast(q, k, v, return_lse=True, **kw)
         grads = torch.autograd.grad(o, [q, k, v], do)
-        again = torch.autograd.grad(triton_attention(q, k, v, block_m=16, block_n=16, **kw), [q, k, v], do)
-        ob = attention_reference(q, k, v, **kw)
+        again = torch.autograd.grad(fast(q, k, v, **kw), [q, k, v], do)
+        ob = ref(q, k, v, **kw)
         gb = torch.autograd.grad(ob, [q, k, v], do)
         q6, k6, v6 = [x.detach().double().requires_grad_() for x in (q, k, v)]
-        o6, lse6 = attention_reference(q6, k6, v6, return_lse=True, **kw)
+        o6, lse6 = ref(q6, k6, v6, return_lse=True, **kw)
         g6 = torch.autograd.grad(o6, [q6, k6, v6], do.double())
         rules = [flash_rule(o, ob, o6)] + [flash_rule(a, b, c, factor=3.0) for a, b, c in zip(grads, gb, g6)]
         finite = torch.isfinite(lse6)
@@ -61,7 +71,7 @@ CHILD = textwrap.dedent(r'''
             "detail": [str(r) for r in rules],
             "lse_err": max_abs_err(lse[finite], lse6[finite]),
             "lse_inf_where_empty": bool(torch.equal(torch.isinf(lse) & (lse > 0), empty)),
-            "empty_rows_zero": bool((o.detach()[empty] == 0).all()),
+            "empty_rows_zero": bool((o.detach().movedim(0, 1) if lens else o.detach())[empty].eq(0).all()),
             "finite": bool(torch.isfinite(o).all() and all(torch.isfinite(x).all() for x in grads)),
             "deterministic": all(torch.equal(a, b) for a, b in zip(grads, again)),
             "dtype_kept": o.dtype == dtype and all(x.dtype == dtype for x in grads),
@@ -86,6 +96,19 @@ CASES = [
     dict(name="fp16-plain-d111", dtype="fp16", B=1, H=2, Hkv=1, Sq=19, Sk=35, D=111),
     dict(name="bf16-window-softcap", dtype="bf16", B=1, H=2, Hkv=1, Sq=33, Sk=50, D=64, window=(5, 3), softcap=2.0),
     dict(name="bf16-causal", dtype="bf16", B=1, H=2, Hkv=2, Sq=30, Sk=30, D=32, causal=True),
+    # ALiBi: per head and per (batch, head); Sq >> Sk puts |bias| (and |LSE|) in the tens
+    dict(name="fp32-alibi-causal-gqa", dtype="fp32", B=2, H=4, Hkv=2, Sq=29, Sk=41, D=32, causal=True, alibi="bh"),
+    dict(name="fp32-alibi-window-softcap", dtype="fp32", B=1, H=2, Hkv=1, Sq=33, Sk=25, D=16, window=(5, 3),
+         softcap=1.5, alibi="h"),
+    dict(name="fp32-alibi-sq>>sk", dtype="fp32", B=1, H=2, Hkv=1, Sq=160, Sk=3, D=16, alibi="h"),
+    dict(name="bf16-alibi-causal", dtype="bf16", B=1, H=2, Hkv=2, Sq=30, Sk=30, D=32, causal=True, alibi="h"),
+    # varlen: packed sequences incl. an empty query and an empty key sequence, Sq != Sk both ways
+    dict(name="fp32-varlen-causal-alibi-gqa", dtype="fp32", B=4, H=4, Hkv=2, Sq=0, Sk=0, D=16, causal=True,
+         alibi="bh", lens=([5, 0, 19, 33], [9, 4, 19, 12])),
+    dict(name="fp32-varlen-window-softcap", dtype="fp32", B=3, H=2, Hkv=1, Sq=0, Sk=0, D=32, window=(6, 2),
+         softcap=2.0, lens=([17, 30, 9], [30, 17, 0])),
+    dict(name="fp16-varlen-causal", dtype="fp16", B=2, H=2, Hkv=2, Sq=0, Sk=0, D=64, causal=True,
+         lens=([20, 13], [20, 29])),
 ]
 
 
@@ -116,6 +139,10 @@ def test_triton_kernel_matches_reference(results, name):
 def test_bottom_right_causal_leaves_rows_empty(results):
     assert results["fp32-causal-sq>sk"]["n_empty"] == 2 * (45 - 29)  # H=2 heads, first Sq-Sk rows see no key
     assert results["fp32-window"]["n_empty"] == 0
+    # per sequence: (33 - 12) rows of sequence 3 see no key, on each of 4 heads
+    assert results["fp32-varlen-causal-alibi-gqa"]["n_empty"] == 4 * (33 - 12)
+    # sequence 1 (Sq 30, Sk 17, window (6, 2)): rows i < 11 see no key; sequence 2 has no keys at all
+    assert results["fp32-varlen-window-softcap"]["n_empty"] == 2 * (11 + 9)
 
 
 def test_cpu_tensors_never_dispatch_to_triton():

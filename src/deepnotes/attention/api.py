@@ -2,8 +2,8 @@
 
 * CPU tensors (and any non-CUDA device): the blockwise kernel (blockwise.py).
 * CUDA tensors: the Triton kernel (triton_kernel.py) for the features it
-  implements (causal, window, softcap, scale, GQA, fp16/bf16/fp32, head dims up
-  to 128, return_lse); a call that also asks for a mask or dropout runs the
+  implements (causal, window, softcap, scale, ALiBi, GQA, fp16/bf16/fp32, head
+  dims up to 128, return_lse); a call that also asks for a mask or dropout runs the
   blockwise kernel on the GPU instead, which is device-agnostic torch code.
   The choice depends only on the arguments, never on a global flag.
 
@@ -21,7 +21,7 @@ __all__ = ["flash_attention", "ScaledDotProductAttention", "uses_triton"]
 
 
 def uses_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask=None, dropout_p: float = 0.0) -> bool:
-    """Whether flash_attention runs these arguments on the Triton kernel."""
+    """Whether flash_attention runs these arguments on the Triton kernel (ALiBi never changes it)."""
     if not (q.is_cuda and k.is_cuda and v.is_cuda):
         return False
     from . import triton_kernel
@@ -32,7 +32,8 @@ def uses_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask=None,
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                     mask: torch.Tensor | None = None, scale: float | None = None,
                     window: tuple[int, int] = (-1, -1), softcap: float = 0.0, dropout_p: float = 0.0,
-                    generator: torch.Generator | None = None, return_lse: bool = False):
+                    generator: torch.Generator | None = None, return_lse: bool = False,
+                    alibi_slopes: torch.Tensor | None = None):
     """Exact attention by tiles with an online softmax, O(N) extra memory.
 
     q (B, H, Sq, D), k (B, Hkv, Sk, D), v (B, Hkv, Sk, Dv) -> O (B, H, Sq, Dv), in q's dtype;
@@ -43,17 +44,19 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     keeps keys with -left <= j - (i + Sk - Sq) <= right (-1 = unbounded); mask is bool
     (True = attend) or additive float broadcastable to (B, H, Sq, Sk), and an additive mask
     that requires grad receives its gradient. softcap > 0 maps scores to softcap*tanh(s/softcap)
-    before the mask. Dropout draws one seed from `generator`, so the same generator state
-    gives bitwise the same output and gradients."""
+    before the mask. alibi_slopes (H,) or (B, H) adds -slope * |i + Sk - Sq - j| (flash-attn's
+    ALiBi, alibi.py) computed per tile; the slopes get no gradient. Dropout draws one seed from
+    `generator`, so the same generator state gives bitwise the same output and gradients."""
     check_inputs(q, k, v, causal=causal, mask=mask, scale=scale, window=window, softcap=softcap,
-                 dropout_p=dropout_p, generator=generator)
+                 dropout_p=dropout_p, generator=generator, alibi_slopes=alibi_slopes)
     if uses_triton(q, k, v, mask=mask, dropout_p=dropout_p):
         from .triton_kernel import triton_attention
 
         return triton_attention(q, k, v, causal=causal, scale=scale, window=window, softcap=softcap,
-                                return_lse=return_lse)
+                                alibi_slopes=alibi_slopes, return_lse=return_lse)
     return blockwise_attention(q, k, v, causal=causal, mask=mask, scale=scale, window=window, softcap=softcap,
-                               dropout_p=dropout_p, generator=generator, return_lse=return_lse)
+                               dropout_p=dropout_p, generator=generator, return_lse=return_lse,
+                               alibi_slopes=alibi_slopes)
 
 
 class ScaledDotProductAttention(nn.Module):
