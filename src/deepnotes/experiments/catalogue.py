@@ -42,7 +42,7 @@ NOTES: tuple[Note, ...] = (
          "Reverse-SDE and probability-flow ODE samples reach the same quality (sliced Wasserstein "
          "within 1.5x of the data's noise floor), the ODE with far fewer evaluations; the ODE "
          "log-likelihood of Gaussian data matches the analytic value within 1e-3 nats.",
-         budget_seconds=55),
+         budget_seconds=65),
     Note(4, "activations", "Activation functions: from the step to SwiGLU",
          "Gradient norm through a deep sigmoid stack decays geometrically where ReLU/GELU do not; "
          "a high learning rate leaves dead ReLU units but not leaky/GELU ones; SwiGLU/GEGLU reach "
@@ -68,7 +68,7 @@ NOTES: tuple[Note, ...] = (
          "On a 0.8/0.2 two-mode mixture annealed Langevin recovers the weights (heavy mode "
          "0.78 +- 0.03) while plain Langevin does not; denoising and sliced score matching both "
          "learn the score.",
-         budget_seconds=40),
+         budget_seconds=30),
     Note(9, "sde-intro", "DDPM as the discretisation of the VP SDE",
          "One trained epsilon-network sampled by DDPM ancestral steps and by the VP SDE solver gives "
          "matching sample statistics; the discrete alpha_bar_N (0.006353) approaches the continuous "
