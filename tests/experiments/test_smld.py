@@ -31,3 +31,14 @@ def test_the_data_score_is_the_mixtures_gradient():
     x.requires_grad_(True)
     grad = torch.autograd.grad(mix.log_prob(x).sum(), x)[0]
     torch.testing.assert_close(data(x.detach()), grad)
+
+
+def test_the_full_scale_digits_part_runs_and_measures_a_frechet_distance(tmp_path):
+    from deepnotes.artifacts import ArtifactStore
+    from deepnotes.experiments.base import Context
+    from deepnotes.experiments.smld import digits_samples
+
+    ctx = Context(slug="smld", scale="full", seed=0, device="cpu", out_dir=tmp_path, artifacts=ArtifactStore(tmp_path))
+    m = digits_samples(ctx, steps=3, n_steps_each=1, n=32)
+    assert m["digits_fd"] > 0 and 0 <= m["digits_fd_floor"] < m["digits_fd"]  # 3 steps: far from the digits
+    assert [f.name for f in ctx.figures] == ["digits"]
