@@ -8,17 +8,13 @@ import deepnotes.attention.tiles as tiles_mod
 from deepnotes.attention import (attention_reference, blockwise_attention, flash_attention, geometric_slopes)
 from deepnotes.attention.alibi import alibi_bias
 from deepnotes.attention.tolerance import max_abs_err
+from attention_inputs import attention_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(B, H, Hkv, Sq, Sk, D, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, H, Sq, D, generator=g, dtype=dtype).requires_grad_()
-    k = torch.randn(B, Hkv, Sk, D, generator=g, dtype=dtype).requires_grad_()
-    v = torch.randn(B, Hkv, Sk, D, generator=g, dtype=dtype).requires_grad_()
-    do = torch.randn(B, H, Sq, D, generator=g, dtype=dtype)
-    return q, k, v, do
+    return attention_inputs(B, H, Hkv, Sq, Sk, D, dtype=dtype, seed=seed)
 
 
 def _fa_bias(slopes, Sq, Sk, causal):

@@ -11,18 +11,14 @@ from deepnotes.attention import (EMPTY, FULL, PARTIAL, ScaledDotProductAttention
                                  blockwise_attention, check_inputs, dense_visible, flash_attention, tile_map)
 from deepnotes.attention.dropout import keep_mask, keep_tile
 from deepnotes.attention.tolerance import flash_rule, max_abs_err
+from attention_inputs import attention_inputs
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(B, H, Hkv, Sq, Sk, D, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, H, Sq, D, generator=g, dtype=dtype).requires_grad_()
-    k = torch.randn(B, Hkv, Sk, D, generator=g, dtype=dtype).requires_grad_()
-    v = torch.randn(B, Hkv, Sk, D, generator=g, dtype=dtype).requires_grad_()
-    do = torch.randn(B, H, Sq, D, generator=g, dtype=dtype)
-    return q, k, v, do
+    return attention_inputs(B, H, Hkv, Sq, Sk, D, dtype=dtype, seed=seed)
 
 
 def _grads(fn, tensors, do, **kw):
