@@ -230,7 +230,6 @@ def plot_mass(ctx: Context, mass: Part, learned: Part) -> None:
     import matplotlib.pyplot as plt
 
     first = mass.data["out"][0]
-    dsm = next(r for r in learned.data["out"] if r["objective"] == "ncsn")
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), constrained_layout=True)
     for ax, (title, x) in zip(axes[:2], (("annealed Langevin (exact score)", first["annealed_x"]),
                                          ("plain Langevin (exact score)", first["plain_x"]))):
@@ -251,8 +250,9 @@ def plot_mass(ctx: Context, mass: Part, learned: Part) -> None:
     ax.axhline(0.8, color="k", lw=0.8, ls=":", label="true weight 0.8")
     ax.set(xticks=range(4), xticklabels=labels, ylabel="share in the heavy mode (+5, +5)", ylim=(0, 1))
     ax.legend(fontsize=8)
-    ctx.save_figure(fig, "mode-mass", f"Chains started uniform on [−8, 8]²; left: seed-{first['seed']} samples; right: "
-                    f"heavy-mode share per seed (dots) and mean (bars). DSM net: seed {dsm['seed']} and others.")
+    ctx.save_figure(fig, "mode-mass", f"Chains started uniform on [−8, 8]², annealed over σ 20 → 1 (the samples are "
+                    f"the toy blurred by σ_L = 1); left: 600 chains of seed {first['seed']}; right: heavy-mode share per "
+                    "seed (dots) and mean (bars), for the exact score and for the DSM / sliced-SM networks.")
 
 
 def plot_fields(ctx: Context, learned: Part) -> None:
