@@ -8,7 +8,10 @@ are time ratios.
 
 1. dense fp32, B=1, H=8, D=64, N in {1024, 2048, 4096, 8192}, causal and not,
    forward and forward+backward. Targets (issue 12): forward >= 1.0x SDPA,
-   forward+backward >= 0.8x SDPA.
+   forward+backward >= 0.8x SDPA. "ours" is flash_attention as dispatched, i.e. the
+   compiled kernel (attention/_compiled.py) when it builds; "python" is the Python
+   blockwise kernel (_compiled.ENABLED = False) on the same inputs, and the result
+   records the compiled kernel's build_info (backend, build/load seconds).
 2. sparse bool masks with ~90% of tiles empty (N=4096): ours vs SDPA given the
    same mask (SDPA adds a mask to every tile; ours skips empty ones).
    Target: >= 2x faster than SDPA.
@@ -45,7 +48,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from deepnotes.attention import attention_reference, flash_attention, flash_attention_varlen
+from deepnotes.attention import _compiled, attention_reference, flash_attention, flash_attention_varlen
 from deepnotes.attention.blockwise import plan_tiles
 from deepnotes.attention.inputs import check_inputs
 from deepnotes.bench import write_result
@@ -63,7 +66,16 @@ def _qkv(B, H, N, D, dtype=torch.float32, grad=False, Sq=None, seed=0):
     return [x.requires_grad_(grad) for x in (q, k, v)]
 
 
-def _methods(q, k, v, causal, backward, mask=None, naive=True):
+def _python_kernel(q, k, v, **kw):
+    """flash_attention on the Python blockwise kernel (the compiled one switched off for the call)."""
+    enabled, _compiled.ENABLED = _compiled.ENABLED, False
+    try:
+        return flash_attention(q, k, v, **kw)
+    finally:
+        _compiled.ENABLED = enabled
+
+
+def _methods(q, k, v, causal, backward, mask=None, naive=True, python=False):
     do = torch.randn(q.shape, dtype=q.dtype)
 
     def wrap(f):
@@ -77,6 +89,8 @@ def _methods(q, k, v, causal, backward, mask=None, naive=True):
     }
     if naive:
         out["naive"] = wrap(lambda: attention_reference(q, k, v, causal=causal, mask=mask))
+    if python:
+        out["python"] = wrap(lambda: _python_kernel(q, k, v, causal=causal, mask=mask))
     return out
 
 
@@ -98,15 +112,17 @@ def dense(quick: bool) -> list[dict]:
                 # at N = 8192 it would take ~1 min per configuration: it is timed up to N = 4096.
                 need = (6 if backward else 3) * B * H * N * N * 4
                 naive = need < 0.4 * _available_bytes() and N <= 4096
-                t = interleaved_times(_methods(q, k, v, causal, backward, naive=naive), repeats[N],
-                                warmup=0 if N >= 8192 else 1)
+                t = interleaved_times(_methods(q, k, v, causal, backward, naive=naive, python=N <= 4096),
+                                      repeats[N], warmup=0 if N >= 8192 else 1)
                 flops = 4 * B * H * N * N * D * (3.5 if backward else 1.0) * (0.5 if causal else 1.0)
                 rows.append(dict(N=N, causal=causal, pass_="fwd+bwd" if backward else "fwd",
                                  seconds=t, gflops={m: flops / s / 1e9 for m, s in t.items()},
                                  ratio_vs_sdpa=t["sdpa"] / t["ours"],
+                                 python_ratio_vs_sdpa=t["sdpa"] / t["python"] if "python" in t else None,
                                  naive_skipped=None if naive else f"not timed (~{need / 2**30:.0f} GiB, N > 4096)"))
+                py = f", python/SDPA {t['sdpa'] / t['python']:.2f}" if "python" in t else ""
                 console.print(f"  dense N={N} causal={causal} {'fwd+bwd' if backward else 'fwd'}: "
-                              f"ours/SDPA speed {t['sdpa'] / t['ours']:.2f}")
+                              f"ours/SDPA speed {t['sdpa'] / t['ours']:.2f}{py}")
     return rows
 
 
@@ -282,12 +298,14 @@ def bf16_and_decode(quick: bool) -> list[dict]:
 
 def _print(dense_rows, sparse_rows, mem_rows, other_rows, flex_rows, varlen_rows):
     t = Table(title="dense fp32 attention, B=1 H=8 D=64: GFLOP/s (nominal FLOPs)")
-    for c in ("N", "causal", "pass", "ours", "SDPA", "naive", "ours/SDPA speed"):
+    for c in ("N", "causal", "pass", "ours", "SDPA", "naive", "python", "ours/SDPA speed", "python/SDPA"):
         t.add_column(c)
     for r in dense_rows:
         g = r["gflops"]
         t.add_row(str(r["N"]), str(r["causal"]), r["pass_"], f"{g['ours']:.1f}", f"{g['sdpa']:.1f}",
-                  f"{g['naive']:.1f}" if "naive" in g else "skipped", f"{r['ratio_vs_sdpa']:.2f}")
+                  f"{g['naive']:.1f}" if "naive" in g else "skipped",
+                  f"{g['python']:.1f}" if "python" in g else "-", f"{r['ratio_vs_sdpa']:.2f}",
+                  f"{r['python_ratio_vs_sdpa']:.2f}" if r["python_ratio_vs_sdpa"] is not None else "-")
     console.print(t)
     t = Table(title="sparse bool masks (same mask to both), seconds")
     for c in ("layout", "N", "pass", "visible blocks", "our tiles", "computed", "ours s", "SDPA s", "ours/SDPA"):
@@ -342,6 +360,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    kernel = _compiled.build_info()  # builds (or loads the cached build) before anything is timed
+    console.print(f"compiled dense kernel: {kernel['backend']}, build/load {kernel['build_seconds']} s "
+                  f"(cached: {kernel['cached']}){'; ' + kernel['error'] if kernel['error'] else ''}")
     dense_rows = dense(args.quick)
     sparse_rows = sparse(args.quick)
     flex_rows = flex(args.quick)
@@ -381,7 +402,7 @@ def main() -> None:
         result[name] = {"value": value, "bound": bound, "met": ok}
         console.print(f"  {'MET ' if ok else 'MISS'} {name}: {value if value is None else round(value, 4)}")
     path = write_result("attention", {
-        "quick": args.quick, "dense": dense_rows, "sparse": sparse_rows, "flex": flex_rows, "varlen": varlen_rows,
+        "quick": args.quick, "compiled_kernel": kernel, "dense": dense_rows, "sparse": sparse_rows, "flex": flex_rows, "varlen": varlen_rows,
         "memory": mem_rows, "bf16_and_decode": other_rows, "targets": result,
         "flops": "4*B*H*N^2*D forward, x3.5 forward+backward, x0.5 causal (nominal, same for every method)",
     }, args.out)

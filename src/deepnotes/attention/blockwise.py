@@ -53,11 +53,12 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import _compiled
 from .dropout import draw_seed
 from .inputs import AttentionSpec, check_inputs, compute_dtype
 from .masks import TileMap
 from .parallel import num_workers, run_parallel
-from .tiles import BLOCK_K, BLOCK_Q, LN2, LOG2E, Chunk, Tiles, plan_tiles
+from .tiles import BLOCK_K, BLOCK_Q, LN2, LOG2E, Chunk, Tiles, _decode_blocks, plan_tiles
 
 __all__ = ["blockwise_attention", "plan_tiles", "BLOCK_Q", "BLOCK_K", "Problem", "forward_problems",
            "backward_problems", "lse_from_stats"]
@@ -341,21 +342,29 @@ def backward_problems(problems: list[Problem], need_dbias: bool) -> list[torch.T
 
 class _BlockwiseAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, bias, spec: AttentionSpec, tmap: TileMap, seed):
+    def forward(ctx, q, k, v, bias, spec: AttentionSpec, tmap: TileMap | None, seed,
+                compiled_blocks: tuple[int, int] | None = None):
         cd = compute_dtype(q.dtype)
         B, H, Hkv, G, Sq, Sk, D, Dv = spec.B, spec.H, spec.Hkv, spec.G, spec.Sq, spec.Sk, spec.D, spec.Dv
-        # (B, H, Sq, D) with the softmax scale and log2(e) folded in: the kernel works in base 2.
-        qs = q.to(cd).mul(spec.scale * LOG2E).contiguous()
         kc, vc = k.to(cd).contiguous(), v.to(cd).contiguous()
-        o = qs.new_empty(B, H, Sq, Dv)
-        m, ell = qs.new_empty(B, H, Sq), qs.new_empty(B, H, Sq)
-        tiles = Tiles(spec, tmap, bias, seed, cd, q.device)
-        prob = Problem(tiles, qs.view(B, Hkv, G, Sq, D), kc.view(B * Hkv, Sk, D), vc.view(B * Hkv, Sk, Dv),
-                       o.view(B, Hkv, G, Sq, Dv), m.view(B, Hkv, G, Sq), ell.view(B, Hkv, G, Sq))
-        forward_problems([prob])
-        lse = lse_from_stats(m, ell)
+        tiles = None
+        if compiled_blocks is not None:
+            # The dense case in C++ (_compiled.py): the same o, m, l (and the LSE); the kernel
+            # scales q by log2(e) * scale itself, so q is saved unscaled (its backward expects that).
+            qs = q.to(cd).contiguous()
+            o, m, ell, lse = _compiled.flash_fwd(qs, kc, vc, spec.right == 0, spec.scale)
+        else:
+            tiles = Tiles(spec, tmap, bias, seed, cd, q.device)
+            # (B, H, Sq, D) with the softmax scale and log2(e) folded in: the kernel works in base 2.
+            qs = q.to(cd).mul(spec.scale * LOG2E).contiguous()
+            o = qs.new_empty(B, H, Sq, Dv)
+            m, ell = qs.new_empty(B, H, Sq), qs.new_empty(B, H, Sq)
+            prob = Problem(tiles, qs.view(B, Hkv, G, Sq, D), kc.view(B * Hkv, Sk, D), vc.view(B * Hkv, Sk, Dv),
+                           o.view(B, Hkv, G, Sq, Dv), m.view(B, Hkv, G, Sq), ell.view(B, Hkv, G, Sq))
+            forward_problems([prob])
+            lse = lse_from_stats(m, ell)
         ctx.save_for_backward(qs, kc, vc, o, m, ell)
-        ctx.tiles, ctx.in_dtype = tiles, q.dtype
+        ctx.tiles, ctx.in_dtype, ctx.spec, ctx.compiled_blocks = tiles, q.dtype, spec, compiled_blocks
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.mark_non_differentiable(lse)
         return o.to(q.dtype), lse
@@ -364,8 +373,13 @@ class _BlockwiseAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, do, _dlse):
         qs, kc, vc, o, m, ell = ctx.saved_tensors
+        s, t = ctx.spec, ctx.in_dtype
+        if ctx.compiled_blocks is not None:
+            # qs is the unscaled q here; the backward runs over the dense plan's tiles
+            dq, dk, dv = _compiled.flash_bwd(qs, kc, vc, o, m, ell, do.to(qs.dtype).contiguous(),
+                                             s.right == 0, s.scale, *ctx.compiled_blocks)
+            return dq.to(t), dk.to(t), dv.to(t), None, None, None, None, None
         tiles: Tiles = ctx.tiles
-        s = tiles.spec
         B, Hkv, G, Sq, Sk, D, Dv = s.B, s.Hkv, s.G, s.Sq, s.Sk, s.D, s.Dv
         need_dbias = ctx.bias_dtype is not None and ctx.needs_input_grad[3]
         dq = torch.zeros_like(qs)
@@ -377,9 +391,8 @@ class _BlockwiseAttention(torch.autograd.Function):
         (dbias,) = backward_problems([prob], need_dbias)
         dq.mul_(s.scale)
         dk.mul_(LN2)  # dK = dS^T (scale q) and qs = log2e * scale * q
-        t = ctx.in_dtype
         dbias = None if dbias is None else dbias.to(ctx.bias_dtype)
-        return dq.to(t), dk.to(t), dv.to(t), dbias, None, None, None
+        return dq.to(t), dk.to(t), dv.to(t), dbias, None, None, None, None
 
 
 def blockwise_attention(q, k, v, *, causal=False, mask=None, scale=None, window=(-1, -1), softcap=0.0,
@@ -391,10 +404,16 @@ def blockwise_attention(q, k, v, *, causal=False, mask=None, scale=None, window=
     check_block_sizes(block_q, block_k)
     spec = check_inputs(q, k, v, causal=causal, mask=mask, scale=scale, window=window, softcap=softcap,
                         dropout_p=dropout_p, generator=generator, alibi_slopes=alibi_slopes)
-    tmap = plan_tiles(spec, block_q, block_k)
     seed = draw_seed(generator, q.device) if spec.dropout_p > 0 else None
     bias = spec.mask if spec.additive_mask else None
-    o, lse = _BlockwiseAttention.apply(q, k, v, bias, spec, tmap, seed)
+    # The dense case (no mask, bias, ALiBi, band other than causal, softcap or dropout; float32/64 on
+    # the CPU; automatic tiles) runs the compiled kernel when it builds (_compiled.py). Its backward
+    # runs over the tiles of the dense plan (without the band-aware search of plan_tiles: ~0.4 ms).
+    if _compiled.supports(q, k, v, spec, bias, block_q, block_k) and _compiled.load_kernel() is not None:
+        tmap, blocks = None, _decode_blocks(spec, BLOCK_Q, BLOCK_K)
+    else:
+        tmap, blocks = plan_tiles(spec, block_q, block_k), None
+    o, lse = _BlockwiseAttention.apply(q, k, v, bias, spec, tmap, seed, blocks)
     return (o, lse) if return_lse else o
 
 

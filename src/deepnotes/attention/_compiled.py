@@ -1,0 +1,111 @@
+r"""The compiled tile step of the CPU kernel: csrc/flash_cpu.cpp, built on first use.
+
+blockwise.py's dense case (no mask, bias, ALiBi, window other than causal, softcap or
+dropout; float32 or float64 on the CPU; automatic tile sizes) runs the whole forward and
+backward in one C++ parallel loop each (at::parallel_for), with the Python kernel's conventions
+(base 2, row stats m and l, q times log2(e) * scale rounded once, the backward over the Python
+plan's tiles, dQ x scale and dK x ln 2 at the end). Differences: the kernel scales q block by
+block, so the autograd Function saves q unscaled, and the LSE comes from the kernel; a compiled
+forward always pairs with the compiled backward. The backward runs one work item per (batch,
+kv head), or per query head when there are fewer of those than threads (MQA at batch 1). The Python tile loop is the reference it is tested against
+(tests/attention/test_compiled.py).
+
+The build follows the optimizer's (deepnotes/optim/_fused_adam.py, whose helpers it uses):
+torch.utils.cpp_extension compiles the source once per machine into
+``$XDG_CACHE_HOME/deepnotes/ext/<key>`` (``~/.cache`` by default), the key hashing the source,
+the flags, the torch and Python versions and the CPU; a cached load takes milliseconds. When
+the build fails (no compiler, no ninja) a RuntimeWarning says so once and every call keeps
+the Python kernel. ``ENABLED = False`` (a module attribute, e.g. for tests and benchmarks)
+sends every call to the Python kernel too.
+"""
+from __future__ import annotations
+
+import hashlib
+import platform
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..optim._fused_adam import _cache_root, _cpu_signature, _summary
+
+__all__ = ["ENABLED", "load_kernel", "build_info", "supports", "flash_fwd", "flash_bwd"]
+
+ENABLED = True  # False: flash_attention never takes the compiled kernel
+SOURCE = Path(__file__).parent / "csrc" / "flash_cpu.cpp"
+CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+LDFLAGS = ["-fopenmp"]
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {"ops": None, "tried": False, "error": None, "build_seconds": None, "cached": None,
+                          "build_dir": None}
+
+
+def _build_key(source: bytes) -> str:
+    parts = [source, " ".join(CFLAGS + LDFLAGS).encode(), torch.__version__.encode(),
+             platform.python_version().encode(), _cpu_signature().encode()]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
+def _build() -> Any:
+    from torch.utils import cpp_extension
+
+    key = _build_key(SOURCE.read_bytes())
+    name = f"deepnotes_flash_cpu_{key}"
+    build_dir = _cache_root() / key
+    build_dir.mkdir(parents=True, exist_ok=True)
+    lock = build_dir / "lock"  # cpp_extension waits forever on the lock of a build that was killed
+    if lock.exists() and time.time() - lock.stat().st_mtime > 600:
+        lock.unlink(missing_ok=True)
+    cached = (build_dir / f"{name}.so").exists()
+    start = time.perf_counter()
+    cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
+                       build_directory=str(build_dir), is_python_module=False, verbose=False)
+    _state.update(build_seconds=time.perf_counter() - start, cached=cached, build_dir=str(build_dir))
+    return torch.ops.deepnotes_attention
+
+
+def load_kernel() -> Any | None:
+    """``torch.ops.deepnotes_attention`` (flash_fwd, flash_bwd), built on the first call; None if it cannot be."""
+    with _lock:
+        if _state["tried"]:
+            return _state["ops"]
+        _state["tried"] = True
+        try:
+            _state["ops"] = _build()
+        except Exception as err:  # no compiler, no ninja, a failed compile: all mean "use the Python kernel"
+            _state["error"] = _summary(err)
+            warnings.warn(f"deepnotes.attention: the compiled CPU kernel could not be built ({_state['error']}); "
+                          "flash_attention runs the Python blockwise kernel instead", RuntimeWarning, stacklevel=2)
+        return _state["ops"]
+
+
+def build_info() -> dict[str, Any]:
+    """Which kernel the dense CPU case uses and what the build cost: backend, build_seconds, cached, build_dir, error."""
+    ops = load_kernel()
+    return {"backend": "cpp" if ops is not None else "python",
+            **{k: _state[k] for k in ("build_seconds", "cached", "build_dir", "error")}}
+
+
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec, bias, block_q, block_k) -> bool:
+    """Whether the call is the compiled kernel's dense case (the build is not triggered here)."""
+    return (ENABLED and q.device.type == "cpu" and k.device.type == "cpu" and v.device.type == "cpu"
+            and q.dtype in (torch.float32, torch.float64) and k.dtype == q.dtype and v.dtype == q.dtype
+            and bias is None and spec.mask is None and spec.alibi is None and spec.softcap == 0
+            and spec.dropout_p == 0 and spec.left < 0 and spec.right in (-1, 0)
+            and spec.D > 0 and spec.Dv > 0 and block_q is None and block_k is None)
+
+
+def flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float):
+    """Contiguous q, k, v (unscaled) -> O, m, l, LSE (B, H, Sq[, Dv]): O, m (log2 units), l as
+    blockwise.forward_problems writes them, LSE as lse_from_stats computes it."""
+    return load_kernel().flash_fwd(q, k, v, causal, scale)
+
+
+def flash_bwd(q, k, v, o, m, ell, do, causal: bool, scale: float, block_q: int, block_k: int):
+    """-> dq, dk, dv (final), summed over the tiles of blockwise.py's plan in its order (block_q x block_k;
+    block_k >= Sk: one tile, whose D' comes from the tile, as blockwise.backward_problems does)."""
+    return load_kernel().flash_bwd(q, k, v, o, m, ell, do, causal, scale, block_q, block_k)
