@@ -10,7 +10,7 @@ forward always pairs with the compiled backward. The backward runs one work item
 kv head), or per query head when there are fewer of those than threads (MQA at batch 1). The Python tile loop is the reference it is tested against
 (tests/attention/test_compiled.py).
 
-The build follows the optimizer's (deepnotes/optim/_fused_adam.py, whose helpers it uses):
+The build is deepnotes/_ext.py's, shared with the fused Adam kernel:
 torch.utils.cpp_extension compiles the source once per machine into
 ``$XDG_CACHE_HOME/deepnotes/ext/<key>`` (``~/.cache`` by default), the key hashing the source,
 the flags, the torch and Python versions and the CPU; a cached load takes milliseconds. When
@@ -20,17 +20,17 @@ sends every call to the Python kernel too.
 """
 from __future__ import annotations
 
-import hashlib
-import platform
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..optim._fused_adam import _cache_root, _cpu_signature, _summary
+from .. import _ext
+
+_cpu_signature = _ext.cpu_signature  # module names, so that tests can stand in another CPU or a failing build
+_summary = _ext.summarize_build_error
 
 __all__ = ["ENABLED", "load_kernel", "build_info", "supports", "flash_fwd", "flash_bwd"]
 
@@ -45,26 +45,11 @@ _state: dict[str, Any] = {"ops": None, "tried": False, "error": None, "build_sec
 
 
 def _build_key(source: bytes) -> str:
-    parts = [source, " ".join(CFLAGS + LDFLAGS).encode(), torch.__version__.encode(),
-             platform.python_version().encode(), _cpu_signature().encode()]
-    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+    return _ext.build_key(source, CFLAGS + LDFLAGS, _cpu_signature())
 
 
 def _build() -> Any:
-    from torch.utils import cpp_extension
-
-    key = _build_key(SOURCE.read_bytes())
-    name = f"deepnotes_flash_cpu_{key}"
-    build_dir = _cache_root() / key
-    build_dir.mkdir(parents=True, exist_ok=True)
-    lock = build_dir / "lock"  # cpp_extension waits forever on the lock of a build that was killed
-    if lock.exists() and time.time() - lock.stat().st_mtime > 600:
-        lock.unlink(missing_ok=True)
-    cached = (build_dir / f"{name}.so").exists()
-    start = time.perf_counter()
-    cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
-                       build_directory=str(build_dir), is_python_module=False, verbose=False)
-    _state.update(build_seconds=time.perf_counter() - start, cached=cached, build_dir=str(build_dir))
+    _state.update(_ext.build("deepnotes_flash_cpu", SOURCE, _build_key(SOURCE.read_bytes()), CFLAGS, LDFLAGS))
     return torch.ops.deepnotes_attention
 
 

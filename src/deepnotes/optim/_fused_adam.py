@@ -23,17 +23,15 @@ kernel computes (and what the tests hold it to).
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import platform
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from .. import _ext
 
 __all__ = ["fused_adam", "fused_adam_reference", "build_info", "load_kernel"]
 
@@ -47,17 +45,8 @@ _state: dict[str, Any] = {"op": None, "tried": False, "error": None, "build_seco
                           "build_dir": None}
 
 
-def _cpu_signature() -> str:
-    """What -march=native compiled for: the CPU's model and flags (a cached build must not move to another CPU)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags", "Features"))}))
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepnotes" / "ext"
+_cpu_signature = _ext.cpu_signature  # module names, so that tests can stand in another CPU or a failing build
+_summary = _ext.summarize_build_error
 
 
 def load_kernel() -> Any | None:
@@ -76,36 +65,12 @@ def load_kernel() -> Any | None:
         return _state["op"]
 
 
-def _summary(err: Exception) -> str:
-    """The telling line of a failed build (cpp_extension's message starts with whole command lines)."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    telling = [ln for ln in lines[1:] if any(w in ln.lower() for w in ("error", "not found", "no such"))
-               and not ln.startswith(("FAILED", "ninja:"))]
-    return f"{type(err).__name__}: {(telling or lines or [''])[0][:300]}"
-
-
 def _build_key(source: bytes) -> str:
-    """What the cached binary depends on: source, flags, torch and Python versions, the CPU (-march=native)."""
-    parts = [source, " ".join(CFLAGS + LDFLAGS).encode(), torch.__version__.encode(),
-             platform.python_version().encode(), _cpu_signature().encode()]
-    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+    return _ext.build_key(source, CFLAGS + LDFLAGS, _cpu_signature())
 
 
 def _build() -> Any:
-    from torch.utils import cpp_extension
-
-    key = _build_key(SOURCE.read_bytes())
-    name = f"deepnotes_fused_adam_{key}"
-    build_dir = _cache_root() / key
-    build_dir.mkdir(parents=True, exist_ok=True)
-    lock = build_dir / "lock"  # cpp_extension waits forever on the lock of a build that was killed
-    if lock.exists() and time.time() - lock.stat().st_mtime > 600:
-        lock.unlink(missing_ok=True)
-    cached = (build_dir / f"{name}.so").exists()
-    start = time.perf_counter()
-    cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
-                       build_directory=str(build_dir), is_python_module=False, verbose=False)
-    _state.update(build_seconds=time.perf_counter() - start, cached=cached, build_dir=str(build_dir))
+    _state.update(_ext.build("deepnotes_fused_adam", SOURCE, _build_key(SOURCE.read_bytes()), CFLAGS, LDFLAGS))
     return torch.ops.deepnotes_optim.fused_adam_
 
 
