@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import threading
 import time
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["cpu_signature", "cache_root", "build_key", "build", "summarize_build_error"]
+__all__ = ["cpu_signature", "cache_root", "build_key", "build", "summarize_build_error", "load_once"]
 
 
 def cpu_signature() -> str:
@@ -64,3 +66,19 @@ def summarize_build_error(err: Exception) -> str:
     telling = [ln for ln in lines[1:] if any(w in ln.lower() for w in ("error", "not found", "no such"))
                and not ln.startswith(("FAILED", "ninja:"))]
     return f"{type(err).__name__}: {(telling or lines or [''])[0][:300]}"
+
+
+def load_once(state: dict, lock: threading.Lock, build_fn: Callable[[], Any],
+              fallback_message: Callable[[str], str]) -> Any | None:
+    """state["kernel"], built by build_fn() on the first call; None if the build fails, which warns once
+    (fallback_message(error) says what runs instead) and records the error in state["error"]."""
+    with lock:
+        if state["tried"]:
+            return state["kernel"]
+        state["tried"] = True
+        try:
+            state["kernel"] = build_fn()
+        except Exception as err:  # no compiler, no ninja, a failed compile: all mean "use the fallback"
+            state["error"] = summarize_build_error(err)
+            warnings.warn(fallback_message(state["error"]), RuntimeWarning, stacklevel=3)
+        return state["kernel"]

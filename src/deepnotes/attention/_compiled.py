@@ -21,7 +21,6 @@ sends every call to the Python kernel too.
 from __future__ import annotations
 
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,7 @@ import torch
 
 from .. import _ext
 
-_cpu_signature = _ext.cpu_signature  # module names, so that tests can stand in another CPU or a failing build
-_summary = _ext.summarize_build_error
+_cpu_signature = _ext.cpu_signature  # a module name, so that tests can stand in another CPU
 
 __all__ = ["ENABLED", "load_kernel", "build_info", "supports", "flash_fwd", "flash_bwd"]
 
@@ -40,7 +38,7 @@ CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fno
 LDFLAGS = ["-fopenmp"]
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {"ops": None, "tried": False, "error": None, "build_seconds": None, "cached": None,
+_state: dict[str, Any] = {"kernel": None, "tried": False, "error": None, "build_seconds": None, "cached": None,
                           "build_dir": None}
 
 
@@ -55,17 +53,9 @@ def _build() -> Any:
 
 def load_kernel() -> Any | None:
     """``torch.ops.deepnotes_attention`` (flash_fwd, flash_bwd), built on the first call; None if it cannot be."""
-    with _lock:
-        if _state["tried"]:
-            return _state["ops"]
-        _state["tried"] = True
-        try:
-            _state["ops"] = _build()
-        except Exception as err:  # no compiler, no ninja, a failed compile: all mean "use the Python kernel"
-            _state["error"] = _summary(err)
-            warnings.warn(f"deepnotes.attention: the compiled CPU kernel could not be built ({_state['error']}); "
-                          "flash_attention runs the Python blockwise kernel instead", RuntimeWarning, stacklevel=2)
-        return _state["ops"]
+    return _ext.load_once(_state, _lock, lambda: _build(), lambda error: (
+        f"deepnotes.attention: the compiled CPU kernel could not be built ({error}); flash_attention runs the "
+        "Python blockwise kernel instead"))
 
 
 def build_info() -> dict[str, Any]:

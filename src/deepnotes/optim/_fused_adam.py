@@ -24,7 +24,6 @@ kernel computes (and what the tests hold it to).
 from __future__ import annotations
 
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,28 +40,21 @@ CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-
 LDFLAGS = ["-fopenmp"]
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {"op": None, "tried": False, "error": None, "build_seconds": None, "cached": None,
+_state: dict[str, Any] = {"kernel": None, "tried": False, "error": None, "build_seconds": None, "cached": None,
                           "build_dir": None}
 
 
-_cpu_signature = _ext.cpu_signature  # module names, so that tests can stand in another CPU or a failing build
-_summary = _ext.summarize_build_error
+_cpu_signature = _ext.cpu_signature  # a module name, so that tests can stand in another CPU
 
 
 def load_kernel() -> Any | None:
     """The compiled ``torch.ops.deepnotes_optim.fused_adam_``, built on the first call; None if it cannot be built."""
-    with _lock:
-        if _state["tried"]:
-            return _state["op"]
-        _state["tried"] = True
-        try:
-            _state["op"] = _build()
-        except Exception as err:  # no compiler, no ninja, a failed compile: all mean "use the fallback"
-            _state["error"] = _summary(err)
-            fallback = "torch's fused kernel" if _torch_has_fused_cpu() else "the pure-torch reference"
-            warnings.warn(f"deepnotes.optim: the fused Adam C++ kernel could not be built ({_state['error']}); "
-                          f"fused=True runs {fallback} on the CPU instead", RuntimeWarning, stacklevel=2)
-        return _state["op"]
+    def fallback(error: str) -> str:
+        instead = "torch's fused kernel" if _torch_has_fused_cpu() else "the pure-torch reference"
+        return (f"deepnotes.optim: the fused Adam C++ kernel could not be built ({error}); fused=True runs "
+                f"{instead} on the CPU instead")
+
+    return _ext.load_once(_state, _lock, lambda: _build(), fallback)
 
 
 def _build_key(source: bytes) -> str:
