@@ -21,7 +21,6 @@ import contextlib
 import json
 import math
 import os
-import random
 import signal
 import sys
 import threading
@@ -30,16 +29,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DistributedSampler, TensorDataset, default_collate
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .checks import check_compatible, check_same_optimizer, check_setup, warn_on_changes
 from .distributed import DistState, all_mean, any_true, setup_distributed, teardown_distributed, wrap_model
 from .ema import EMA
 from .progress import progress_bar
+from .rng import rng_state, set_rng_state
 
 __all__ = ["FitConfig", "FitResult", "NonFiniteLossError", "fit", "CHECKPOINT_NAME"]
 
@@ -112,29 +111,6 @@ def _to_device(batch: Any, device: str) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(v, device) for v in batch)
     return batch
-
-
-def _rng_state(generator: torch.Generator | None = None) -> dict:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.as_tensor(keys.astype(np.int64)), int(pos),
-                                                      int(has_gauss), float(cached)],
-             "python": random.getstate()}
-    if generator is not None:
-        state["generator"] = generator.get_state()
-    return state
-
-
-def _set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
-    torch.set_rng_state(state["torch"])
-    if generator is not None:
-        if "generator" not in state:
-            raise CheckpointError("fit(generator=...) resumes from a checkpoint saved without a generator state: "
-                                  "the loss's random draws cannot continue where they stopped")
-        generator.set_state(state["generator"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
 
 
 def _autocast(precision: str, device: str):
@@ -303,7 +279,7 @@ def _fit(model, optimizer, data, loss_fn, cfg: FitConfig, eval_fn, ema, schedule
             scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
-        _set_rng_state(state["rng"][ds.rank], generator)
+        set_rng_state(state["rng"][ds.rank], generator)
         result.step = result.resumed_from = int(state["step"])
         if metrics_path:
             _truncate_log(metrics_path, result.step)
@@ -313,10 +289,10 @@ def _fit(model, optimizer, data, loss_fn, cfg: FitConfig, eval_fn, ema, schedule
     def checkpoint() -> None:
         if ckpt_path is None:
             return
-        rngs = [_rng_state(generator)]
+        rngs = [rng_state(generator)]
         if ds.enabled:
             rngs = [None] * ds.world_size
-            torch.distributed.all_gather_object(rngs, _rng_state(generator))
+            torch.distributed.all_gather_object(rngs, rng_state(generator))
         if ds.is_main:
             save_checkpoint(ckpt_path, {
                 "step": result.step, "model": inner.state_dict(), "optimizer": optimizer.state_dict(),
