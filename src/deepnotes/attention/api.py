@@ -47,13 +47,14 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     before the mask. alibi_slopes (H,) or (B, H) adds -slope * |i + Sk - Sq - j| (flash-attn's
     ALiBi, alibi.py) computed per tile; the slopes get no gradient. Dropout draws one seed from
     `generator`, so the same generator state gives bitwise the same output and gradients."""
-    check_inputs(q, k, v, causal=causal, mask=mask, scale=scale, window=window, softcap=softcap,
-                 dropout_p=dropout_p, generator=generator, alibi_slopes=alibi_slopes)
-    if uses_triton(q, k, v, mask=mask, dropout_p=dropout_p):
-        from .triton_kernel import triton_attention
+    if isinstance(q, torch.Tensor) and q.is_cuda:  # blockwise_attention checks its own inputs
+        check_inputs(q, k, v, causal=causal, mask=mask, scale=scale, window=window, softcap=softcap,
+                     dropout_p=dropout_p, generator=generator, alibi_slopes=alibi_slopes)
+        if uses_triton(q, k, v, mask=mask, dropout_p=dropout_p):
+            from .triton_kernel import triton_attention
 
-        return triton_attention(q, k, v, causal=causal, scale=scale, window=window, softcap=softcap,
-                                alibi_slopes=alibi_slopes, return_lse=return_lse)
+            return triton_attention(q, k, v, causal=causal, scale=scale, window=window, softcap=softcap,
+                                    alibi_slopes=alibi_slopes, return_lse=return_lse)
     return blockwise_attention(q, k, v, causal=causal, mask=mask, scale=scale, window=window, softcap=softcap,
                                dropout_p=dropout_p, generator=generator, return_lse=return_lse,
                                alibi_slopes=alibi_slopes)
