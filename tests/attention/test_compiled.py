@@ -1,5 +1,5 @@
-"""The compiled dense CPU kernel (attention/_compiled.py, csrc/flash_cpu.cpp) against the Python
-blockwise kernel it replaces and the float64 reference.
+"""The compiled CPU kernel (attention/_compiled.py, csrc/flash_cpu.cpp), dense and with bool masks,
+against the Python blockwise kernel it replaces and the float64 reference.
 
 float64: equal to the Python kernel and to attention_reference within 1e-10 (outputs, LSE and
 gradients); float32: flash-attn's rule (attention/tolerance.py). Shapes cover Sq != Sk both
@@ -152,7 +152,9 @@ def test_dispatch(kernel, calls, python_kernel):
     assert calls["fwd"] == 2
     o_w = flash_attention(q, k, v, window=(-1, 0))
     assert torch.equal(o_w, flash_attention(q, k, v, causal=True))
-    others = [dict(mask=torch.ones(20, 30, dtype=torch.bool)), dict(mask=torch.zeros(20, 30)),
+    flash_attention(q, k, v, mask=torch.ones(20, 30, dtype=torch.bool))  # a bool mask: tile-mapped
+    assert calls["fwd"] == 5
+    others = [dict(mask=torch.zeros(20, 30)),
               dict(window=(4, 0)), dict(window=(-1, 3)), dict(softcap=5.0),
               dict(alibi_slopes=torch.ones(2)), dict(dropout_p=0.1, generator=torch.Generator())]
     for kw in others:
@@ -161,7 +163,7 @@ def test_dispatch(kernel, calls, python_kernel):
     python_kernel(q, k, v)
     h = [x.detach().to(torch.bfloat16) for x in (q, k, v)]
     flash_attention(*h)
-    assert calls["fwd"] == 4
+    assert calls["fwd"] == 5
 
 
 def test_thread_count_does_not_change_the_result(kernel):
@@ -223,3 +225,56 @@ def test_the_build_is_cached_under_a_key_of_its_source_flags_and_cpu(monkeypatch
     assert key != compiled_module._build_key(b"int main() { return 0; }")
     monkeypatch.setattr(compiled_module, "_cpu_signature", lambda: "another CPU")
     assert key != compiled_module._build_key(b"int main() {}")
+
+
+def _masks(B, H, Sq, Sk, seed):
+    """Bool masks of every broadcast shape the API takes, sparse and dense, with fully hidden rows."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = torch.rand(B, 1, (Sq + 63) // 64, (Sk + 63) // 64, generator=g) < 0.3
+    block_sparse = blocks.repeat_interleave(64, 2).repeat_interleave(64, 3)[:, :, :Sq, :Sk]
+    random = torch.rand(B, H, Sq, Sk, generator=g) < 0.7
+    random[:, :, :3] = False  # rows that see no key
+    padding = torch.ones(B, 1, 1, Sk, dtype=torch.bool)
+    padding[0, ..., Sk // 2:] = False  # keys beyond a length
+    return {"block-sparse (B,1,Sq,Sk)": block_sparse, "random (B,H,Sq,Sk)": random, "padding (B,1,1,Sk)": padding,
+            "2-D (Sq,Sk)": random[0, 0]}
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", [(130, 300), (300, 130), (1, 700), (600, 600)], ids=["130x300", "300x130", "1x700", "600x600"])
+def test_bool_masks_float64_equal_the_python_kernel_and_the_reference(kernel, calls, python_kernel, shape, causal):
+    Sq, Sk = shape
+    q, k, v, do = _inputs(2, 4, 2, Sq, Sk, 32, torch.float64, seed=Sq)
+    for name, mask in _masks(2, 4, Sq, Sk, seed=Sk).items():
+        o, lse, g = _run(flash_attention, q, k, v, do, causal=causal, mask=mask)
+        op, lsep, gp = _run(python_kernel, q, k, v, do, causal=causal, mask=mask)
+        o_ref = attention_reference(q, k, v, causal=causal, mask=mask)
+        g_ref = torch.autograd.grad(o_ref, [q, k, v], do)
+        assert max_abs_err(o, op) < 1e-10 and max_abs_err(o, o_ref) < 1e-10, name
+        assert torch.equal(torch.isinf(lse), torch.isinf(lsep)), name
+        seen = torch.isfinite(lsep)
+        assert max_abs_err(lse[seen], lsep[seen]) < 1e-10, name
+        for d, a, b, c in zip("qkv", g, gp, g_ref):
+            assert max_abs_err(a, b) < 1e-10 and max_abs_err(a, c) < 1e-10, f"d{d} with {name}"
+    assert calls == {"fwd": 4, "bwd": 4}
+
+
+def test_bool_mask_float32_meets_the_flash_rule_and_skips_empty_tiles(kernel, calls):
+    # a ~90%-empty 128 x 128 block layout, as the FlexAttention benchmark's; MQA
+    N, block = 1024, 128
+    g = torch.Generator().manual_seed(4)
+    layout = torch.rand(N // block, N // block, generator=g) < 0.1
+    layout[torch.arange(N // block), torch.arange(N // block)] = True
+    mask = layout.repeat_interleave(block, 0).repeat_interleave(block, 1)
+    q, k, v, do = _inputs(1, 4, 1, N, N, 64, torch.float32, seed=9)
+    o, _, grads = _run(flash_attention, q, k, v, do, mask=mask)
+    ob = attention_reference(q, k, v, mask=mask)
+    gb = torch.autograd.grad(ob, [q, k, v], do)
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    o64 = attention_reference(q64, k64, v64, mask=mask)
+    g64 = torch.autograd.grad(o64, [q64, k64, v64], do.double())
+    assert flash_rule(o, ob, o64).passed
+    for name, a, b, c in zip("qkv", grads, gb, g64):
+        rule = flash_rule(a, b, c, factor=GRAD_FACTOR)
+        assert rule.passed, f"d{name}: {rule}"
+    assert calls == {"fwd": 1, "bwd": 1}

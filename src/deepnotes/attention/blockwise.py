@@ -343,16 +343,16 @@ def backward_problems(problems: list[Problem], need_dbias: bool) -> list[torch.T
 class _BlockwiseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, spec: AttentionSpec, tmap: TileMap | None, seed,
-                compiled_blocks: tuple[int, int] | None = None):
+                compiled_plan: _compiled.Plan | None = None):
         cd = compute_dtype(q.dtype)
         B, H, Hkv, G, Sq, Sk, D, Dv = spec.B, spec.H, spec.Hkv, spec.G, spec.Sq, spec.Sk, spec.D, spec.Dv
         kc, vc = k.to(cd).contiguous(), v.to(cd).contiguous()
         tiles = None
-        if compiled_blocks is not None:
-            # The dense case in C++ (_compiled.py): the same o, m, l (and the LSE); the kernel
-            # scales q by log2(e) * scale itself, so q is saved unscaled (its backward expects that).
+        if compiled_plan is not None:
+            # In C++ (_compiled.py): the same o, m, l (and the LSE); the kernel scales q by
+            # log2(e) * scale itself, so q is saved unscaled (its backward expects that).
             qs = q.to(cd).contiguous()
-            o, m, ell, lse = _compiled.flash_fwd(qs, kc, vc, spec.right == 0, spec.scale)
+            o, m, ell, lse = _compiled.flash_fwd(qs, kc, vc, spec.right == 0, spec.scale, compiled_plan)
         else:
             tiles = Tiles(spec, tmap, bias, seed, cd, q.device)
             # (B, H, Sq, D) with the softmax scale and log2(e) folded in: the kernel works in base 2.
@@ -364,7 +364,7 @@ class _BlockwiseAttention(torch.autograd.Function):
             forward_problems([prob])
             lse = lse_from_stats(m, ell)
         ctx.save_for_backward(qs, kc, vc, o, m, ell)
-        ctx.tiles, ctx.in_dtype, ctx.spec, ctx.compiled_blocks = tiles, q.dtype, spec, compiled_blocks
+        ctx.tiles, ctx.in_dtype, ctx.spec, ctx.compiled_plan = tiles, q.dtype, spec, compiled_plan
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.mark_non_differentiable(lse)
         return o.to(q.dtype), lse
@@ -374,10 +374,10 @@ class _BlockwiseAttention(torch.autograd.Function):
     def backward(ctx, do, _dlse):
         qs, kc, vc, o, m, ell = ctx.saved_tensors
         s, t = ctx.spec, ctx.in_dtype
-        if ctx.compiled_blocks is not None:
-            # qs is the unscaled q here; the backward runs over the dense plan's tiles
+        if ctx.compiled_plan is not None:
+            # qs is the unscaled q here; the backward runs over the plan's tiles
             dq, dk, dv = _compiled.flash_bwd(qs, kc, vc, o, m, ell, do.to(qs.dtype).contiguous(),
-                                             s.right == 0, s.scale, *ctx.compiled_blocks)
+                                             s.right == 0, s.scale, ctx.compiled_plan)
             return dq.to(t), dk.to(t), dv.to(t), None, None, None, None, None
         tiles: Tiles = ctx.tiles
         B, Hkv, G, Sq, Sk, D, Dv = s.B, s.Hkv, s.G, s.Sq, s.Sk, s.D, s.Dv
@@ -406,14 +406,20 @@ def blockwise_attention(q, k, v, *, causal=False, mask=None, scale=None, window=
                         dropout_p=dropout_p, generator=generator, alibi_slopes=alibi_slopes)
     seed = draw_seed(generator, q.device) if spec.dropout_p > 0 else None
     bias = spec.mask if spec.additive_mask else None
-    # The dense case (no mask, bias, ALiBi, band other than causal, softcap or dropout; float32/64 on
-    # the CPU; automatic tiles) runs the compiled kernel when it builds (_compiled.py). Its backward
-    # runs over the tiles of the dense plan (without the band-aware search of plan_tiles: ~0.4 ms).
+    # The compiled kernel (_compiled.py; when it builds) takes the dense case (no bias, ALiBi, band
+    # other than causal, softcap or dropout; float32/64 on the CPU; automatic tiles), its backward
+    # over the tiles of the dense plan (without the band-aware search of plan_tiles: ~0.4 ms), and
+    # the same with a bool mask, forward and backward over plan_tiles' map (cached per mask).
+    tmap, plan = None, None
     if _compiled.supports(q, k, v, spec, bias, block_q, block_k) and _compiled.load_kernel() is not None:
-        tmap, blocks = None, _decode_blocks(spec, BLOCK_Q, BLOCK_K)
+        if spec.mask is None:
+            plan = _compiled.Plan(*_decode_blocks(spec, BLOCK_Q, BLOCK_K))
+        else:
+            t = plan_tiles(spec)
+            plan = _compiled.Plan(t.block_q, t.block_k, t.cls_tensor(), spec.mask)
     else:
-        tmap, blocks = plan_tiles(spec, block_q, block_k), None
-    o, lse = _BlockwiseAttention.apply(q, k, v, bias, spec, tmap, seed, blocks)
+        tmap = plan_tiles(spec, block_q, block_k)
+    o, lse = _BlockwiseAttention.apply(q, k, v, bias, spec, tmap, seed, plan)
     return (o, lse) if return_lse else o
 
 

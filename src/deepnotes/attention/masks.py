@@ -145,6 +145,13 @@ class TileMap:
         self.row_tiles = [[j for j in range(self.n_c) if self.cls[i][j] != EMPTY] for i in range(self.n_r)]
         self.col_tiles = [[i for i in range(self.n_r) if self.cls[i][j] != EMPTY] for j in range(self.n_c)]
 
+    def cls_tensor(self) -> torch.Tensor:
+        """cls as a contiguous uint8 (n_r, n_c) tensor (made once per map: plans are cached per mask)."""
+        t = getattr(self, "_cls_tensor", None)
+        if t is None:
+            t = self._cls_tensor = torch.tensor(self.cls, dtype=torch.uint8).reshape(self.n_r, self.n_c)
+        return t
+
     @property
     def visible_fraction(self) -> float:
         return sum(len(r) for r in self.row_tiles) / max(1, self.n_r * self.n_c)

@@ -1,5 +1,5 @@
-// Dense flash attention on the CPU: the forward and backward of deepnotes/attention/blockwise.py
-// for the plain case (no mask, bias, ALiBi, window, softcap or dropout; causal or not; GQA), in
+// Flash attention on the CPU: the forward and backward of deepnotes/attention/blockwise.py for the
+// plain case and bool masks (no additive bias, ALiBi, window, softcap or dropout; causal or not; GQA), in
 // float32 or float64, with the same base-2 conventions:
 //
 //   S2 = (c Q) K^T,  c = log2(e) * scale  (c Q rounded once, as blockwise.py's q.mul(c), per block here)
@@ -14,6 +14,11 @@
 //             visible key gets dK = 0 exactly)
 //
 // causal is bottom-right aligned: query i sees keys j <= i + Sk - Sq.
+// With a bool mask (True = attend, broadcast over batch/head/rows/keys through zero strides) the
+// call is tile-mapped: forward and backward run over the tiles of tiles.py's plan for that mask
+// (block_q x block_k and a class per tile, the union over batches and heads): an EMPTY tile is
+// never computed, a FULL one is computed with no masking work, a PARTIAL one sets its hidden
+// scores to -inf (forward) and its hidden E to 0 (backward), as blockwise.py does.
 // The loop structure is torch's own CPU flash kernel's: the forward runs one parallel loop
 // over (batch, head, query block) with an inner loop over key blocks, an online softmax
 // between a QK^T GEMM and a PV GEMM; the backward runs one parallel loop over (batch, kv
@@ -160,14 +165,29 @@ struct Scratch {
   T* data() { return p; }
 };
 
+// The tile map of a masked call (tiles.py's plan: EMPTY 0 / PARTIAL 1 / FULL 2 per (query tile, key
+// tile), the union over batches and heads) and its bool mask, read through its strides (0 along a
+// broadcast dimension). cls == nullptr: the dense case (the causal band by row arithmetic).
+struct Tiling {
+  const uint8_t* cls = nullptr;
+  int64_t n_c = 0, bq = 0, bk = 0;
+  const bool* mask = nullptr;
+  int64_t sb = 0, sh = 0, sq = 0, sk = 0;
+  bool tiled() const { return cls != nullptr; }
+  uint8_t at(int64_t i, int64_t j) const { return cls[i * n_c + j]; }
+  const bool* row(int64_t b, int64_t h, int64_t i, int64_t c0) const { return mask + b * sb + h * sh + i * sq + c0 * sk; }
+};
+constexpr uint8_t kEmpty = 0, kPartial = 1;
+
 template <typename T>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal, double scale2,
-                  at::Tensor& o, at::Tensor& m, at::Tensor& l, at::Tensor& lse) {
+                  const Tiling& t, at::Tensor& o, at::Tensor& m, at::Tensor& l, at::Tensor& lse) {
   const T c2 = static_cast<T>(scale2);
   const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3);
   const int64_t Hkv = k.size(1), Sk = k.size(2), Dv = v.size(3), G = H / Hkv;
   const int64_t off = Sk - Sq;
-  const int64_t kBlockQ = fwd_block_q(Sq);
+  const int64_t kBlockQ = t.tiled() ? t.bq : fwd_block_q(Sq);
+  const int64_t kBlockKey = t.tiled() ? t.bk : kBlockK;
   const int64_t n_qb = (Sq + kBlockQ - 1) / kBlockQ;
   const T* qp = q.const_data_ptr<T>();
   const T* kp = k.const_data_ptr<T>();
@@ -180,7 +200,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const T ln2 = static_cast<T>(0.693147180559945309417232121458176568);
 
   at::parallel_for(0, B * H * n_qb, 1, [&](int64_t begin, int64_t end) {
-    Scratch<T> S(kBlockQ * kBlockK), qbuf(kBlockQ * D);
+    Scratch<T> S(kBlockQ * kBlockKey), qbuf(kBlockQ * D);
     std::vector<T> mrow(kBlockQ), lrow(kBlockQ);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = item / n_qb, qb = item % n_qb;
@@ -196,18 +216,26 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       T* mi = mp + bh * Sq + r0;
       T* li = lp + bh * Sq + r0;
       T* lsei = lsep + bh * Sq + r0;
-      // keys 0 .. kend-1 are seen by some row of the block
-      const int64_t kend = causal ? std::min(Sk, std::max<int64_t>(0, r1 - 1 + off + 1)) : Sk;
+      // keys 0 .. kend-1 are seen by some row of the block (a tiled call skips its EMPTY tiles instead)
+      const int64_t kend = causal && !t.tiled() ? std::min(Sk, std::max<int64_t>(0, r1 - 1 + off + 1)) : Sk;
       std::fill(mrow.begin(), mrow.begin() + br, -inf);
       std::fill(lrow.begin(), lrow.begin() + br, T(0));
-      for (int64_t c0 = 0; c0 < kend; c0 += kBlockK) {
-        const int64_t c1 = std::min(kend, c0 + kBlockK), bc = c1 - c0;
+      bool first = true;  // the first computed tile overwrites O (beta = 0)
+      for (int64_t c0 = 0; c0 < kend; c0 += kBlockKey) {
+        const int64_t c1 = std::min(kend, c0 + kBlockKey), bc = c1 - c0;
+        const uint8_t cls = t.tiled() ? t.at(qb, c0 / kBlockKey) : kPartial;
+        if (cls == kEmpty) continue;
+        const bool hide_band = causal && cls == kPartial, hide_mask = t.mask != nullptr && cls == kPartial;
         mm_abt<T>(br, bc, D, T(1), qi, D, kh + c0 * D, D, T(0), S.data(), bc);
         for (int64_t r = 0; r < br; ++r) {
           T* s = S.data() + r * bc;
-          if (causal) {  // keys j > i + off hidden
+          if (hide_band) {  // keys j > i + off hidden
             const int64_t last = r0 + r + off - c0;  // last visible column of this row in the tile
             for (int64_t c = std::max<int64_t>(0, last + 1); c < bc; ++c) s[c] = -inf;
+          }
+          if (hide_mask) {  // the user's bool mask: False hides
+            const bool* vis = t.row(b, h, r0 + r, c0);
+            for (int64_t c = 0; c < bc; ++c) s[c] = vis[c * t.sk] ? s[c] : -inf;
           }
           const T mx = row_max(s, bc);
           const T m_old = mrow[r];
@@ -229,8 +257,9 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
           lrow[r] = (m_old == -inf ? T(0) : lrow[r] * alpha) + sum;
           mrow[r] = m_new;
         }
-        // the first tile overwrites O (beta = 0): every row that sees a key sees key 0
-        mm_ab<T>(br, Dv, bc, T(1), S.data(), bc, vh + c0 * Dv, Dv, c0 == 0 ? T(0) : T(1), oi, Dv);
+        // the first computed tile overwrites O (beta = 0); a row it hides entirely gets 0 there
+        mm_ab<T>(br, Dv, bc, T(1), S.data(), bc, vh + c0 * Dv, Dv, first ? T(0) : T(1), oi, Dv);
+        first = false;
       }
       for (int64_t r = 0; r < br; ++r) {
         const bool seen = lrow[r] > T(0);
@@ -250,9 +279,32 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   });
 }
 
+// The Tiling of a call: cls (n_r, n_c) uint8 with tiles of block_q x block_k, mask a 4-D bool tensor
+// (each dim 1 or full) or undefined; an undefined cls is the dense case.
+Tiling make_tiling(const c10::optional<at::Tensor>& cls, const c10::optional<at::Tensor>& mask, int64_t block_q,
+                   int64_t block_k) {
+  Tiling t;
+  if (!cls.has_value() || !cls->defined()) return t;
+  TORCH_CHECK(cls->scalar_type() == at::kByte && cls->dim() == 2 && cls->is_contiguous(), "flash_cpu: cls (n_r, n_c) uint8");
+  t.cls = cls->const_data_ptr<uint8_t>();
+  t.n_c = cls->size(1);
+  t.bq = block_q;
+  t.bk = block_k;
+  if (mask.has_value() && mask->defined()) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() == 4, "flash_cpu: mask 4-D bool");
+    int64_t st[4];
+    for (int d = 0; d < 4; ++d) st[d] = mask->size(d) == 1 ? 0 : mask->stride(d);
+    t.mask = mask->const_data_ptr<bool>();
+    t.sb = st[0], t.sh = st[1], t.sq = st[2], t.sk = st[3];
+  }
+  return t;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flash_fwd(const at::Tensor& q, const at::Tensor& k,
                                                                      const at::Tensor& v, bool causal,
-                                                                     double scale) {
+                                                                     double scale, const c10::optional<at::Tensor>& cls,
+                                                                     const c10::optional<at::Tensor>& mask,
+                                                                     int64_t block_q, int64_t block_k) {
   TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), "flash_fwd: CPU tensors only");
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "flash_fwd: (B, H, S, D) tensors");
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(), "flash_fwd: one dtype");
@@ -264,10 +316,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flash_fwd(const at::T
   auto l = at::empty({B, H, Sq}, q.options());
   auto lse = at::empty({B, H, Sq}, q.options());
   const double scale2 = scale * 1.44269504088896340735992468100189214;  // log2(e) * scale
+  const Tiling t = make_tiling(cls, mask, block_q, block_k);
   if (q.scalar_type() == at::kFloat) {
-    forward_impl<float>(q, k, v, causal, scale2, o, m, l, lse);
+    forward_impl<float>(q, k, v, causal, scale2, t, o, m, l, lse);
   } else if (q.scalar_type() == at::kDouble) {
-    forward_impl<double>(q, k, v, causal, scale2, o, m, l, lse);
+    forward_impl<double>(q, k, v, causal, scale2, t, o, m, l, lse);
   } else {
     TORCH_CHECK(false, "flash_fwd: float32 or float64, got ", q.scalar_type());
   }
@@ -277,7 +330,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flash_fwd(const at::T
 template <typename T>
 void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& o,
                    const at::Tensor& m, const at::Tensor& l, const at::Tensor& dout, bool causal, double scale, int64_t bq,
-                   int64_t bkk, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+                   int64_t bkk, const Tiling& t, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
   const T c2 = static_cast<T>(scale * 1.44269504088896340735992468100189214);
   const T sc = static_cast<T>(scale);
   const T ln2 = static_cast<T>(0.693147180559945309417232121458176568);
@@ -296,8 +349,9 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   T* dvp = dv.mutable_data_ptr<T>();
   const T inf = std::numeric_limits<T>::infinity();
   const bool one_tile = bkk >= Sk;
-  const int64_t block_k = std::max<int64_t>(1, std::min(bkk, Sk));
-  const int64_t block_q = std::max<int64_t>(1, std::min(bq, Sq));
+  // a tiled call keeps the plan's sizes (its tile map is indexed by them)
+  const int64_t block_k = t.tiled() ? bkk : std::max<int64_t>(1, std::min(bkk, Sk));
+  const int64_t block_q = t.tiled() ? bq : std::max<int64_t>(1, std::min(bq, Sq));
 
   struct Buffers {
     std::vector<T> E, dP, dos, Dd, qsh;
@@ -309,7 +363,7 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   // Query head bh: writes its dQ and adds its dK (before x ln 2) and dV into dkh, dvh.
   auto head = [&](int64_t bh, T* dkh, T* dvh, Buffers& buf) {
     std::vector<T>&E = buf.E, &dP = buf.dP, &dos = buf.dos, &Dd = buf.Dd, &qsh = buf.qsh;
-    const int64_t bk = bh / G;
+    const int64_t bk = bh / G, b = bh / H, h = bh % H;
     const T* kh = kp + bk * Sk * D;
     const T* vh = vp + bk * Sk * Dv;
     const T* qsrc = qp + bh * Sq * D;
@@ -337,11 +391,14 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
     }
     for (int64_t r0 = 0; r0 < Sq; r0 += block_q) {
       const int64_t r1 = std::min(Sq, r0 + block_q), br = r1 - r0;
-      const int64_t kend = causal ? std::min(Sk, std::max<int64_t>(0, r1 - 1 + off + 1)) : Sk;
+      const int64_t kend = causal && !t.tiled() ? std::min(Sk, std::max<int64_t>(0, r1 - 1 + off + 1)) : Sk;
       const T* qi = qh + r0 * D;
       const T* di = dos.data() + r0 * Dv;
       for (int64_t c0 = 0; c0 < kend; c0 += block_k) {
         const int64_t c1 = std::min(kend, c0 + block_k), bc = c1 - c0;
+        const uint8_t cls = t.tiled() ? t.at(r0 / block_q, c0 / block_k) : kPartial;
+        if (cls == kEmpty) continue;
+        const bool hide_band = causal && cls == kPartial, hide_mask = t.mask != nullptr && cls == kPartial;
         mm_abt<T>(br, bc, D, T(1), qi, D, kh + c0 * D, D, T(0), E.data(), bc);
         mm_abt<T>(br, bc, Dv, T(1), di, Dv, vh + c0 * Dv, Dv, T(0), dP.data(), bc);
         for (int64_t r = 0; r < br; ++r) {
@@ -349,10 +406,21 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
           T* dp = dP.data() + r * bc;
           const T mr = mh[r0 + r];
           int64_t vis = bc;
-          if (causal) vis = std::min(bc, std::max<int64_t>(0, r0 + r + off - c0 + 1));
+          if (hide_band) vis = std::min(bc, std::max<int64_t>(0, r0 + r + off - c0 + 1));
           if (mr == inf) vis = 0;  // sees no key: E = 0
           T Dr = Dd[r0 + r];
-          if (one_tile) {
+          if (hide_mask) {  // E = 0 where the user's mask hides; then as below
+            const bool* keep = t.row(b, h, r0 + r, c0);
+            T dot = 0;
+            for (int64_t c = 0; c < vis; ++c) {
+              const T ev = keep[c * t.sk] ? exp2_t<T>(e[c] - mr) : T(0);
+              e[c] = ev;
+              dot += ev * dp[c];
+            }
+            if (one_tile) Dr = dot / std::max(lh[r0 + r], T(1));
+#pragma omp simd
+            for (int64_t c = 0; c < vis; ++c) dp[c] = e[c] * (dp[c] - Dr);
+          } else if (one_tile) {
             T dot = 0;
 #pragma omp simd reduction(+ : dot)
             for (int64_t c = 0; c < vis; ++c) {
@@ -431,7 +499,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_bwd(const at::Tensor& q, co
                                                          const at::Tensor& v, const at::Tensor& o,
                                                          const at::Tensor& m, const at::Tensor& l,
                                                          const at::Tensor& dout, bool causal, double scale,
-                                                         int64_t block_q, int64_t block_k) {
+                                                         int64_t block_q, int64_t block_k,
+                                                         const c10::optional<at::Tensor>& cls,
+                                                         const c10::optional<at::Tensor>& mask) {
   for (const at::Tensor* t : {&q, &k, &v, &o, &m, &l, &dout}) {
     TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == q.scalar_type(),
                 "flash_bwd: contiguous CPU tensors of one dtype");
@@ -439,10 +509,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_bwd(const at::Tensor& q, co
   auto dq = at::empty_like(q);
   auto dk = at::empty_like(k);
   auto dv = at::empty_like(v);
+  const Tiling t = make_tiling(cls, mask, block_q, block_k);
   if (q.scalar_type() == at::kFloat) {
-    backward_impl<float>(q, k, v, o, m, l, dout, causal, scale, block_q, block_k, dq, dk, dv);
+    backward_impl<float>(q, k, v, o, m, l, dout, causal, scale, block_q, block_k, t, dq, dk, dv);
   } else if (q.scalar_type() == at::kDouble) {
-    backward_impl<double>(q, k, v, o, m, l, dout, causal, scale, block_q, block_k, dq, dk, dv);
+    backward_impl<double>(q, k, v, o, m, l, dout, causal, scale, block_q, block_k, t, dq, dk, dv);
   } else {
     TORCH_CHECK(false, "flash_bwd: float32 or float64, got ", q.scalar_type());
   }
@@ -452,9 +523,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_bwd(const at::Tensor& q, co
 }  // namespace
 
 TORCH_LIBRARY(deepnotes_attention, m) {
-  m.def("flash_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale) -> (Tensor, Tensor, Tensor, Tensor)",
-        &flash_fwd);
+  m.def("flash_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale, Tensor? cls, Tensor? mask, "
+        "int block_q, int block_k) -> (Tensor, Tensor, Tensor, Tensor)", &flash_fwd);
   m.def("flash_bwd(Tensor q, Tensor k, Tensor v, Tensor o, Tensor m, Tensor l, Tensor dout, bool causal, "
-        "float scale, int block_q, int block_k) "
+        "float scale, int block_q, int block_k, Tensor? cls, Tensor? mask) "
         "-> (Tensor, Tensor, Tensor)", &flash_bwd);
 }
