@@ -384,3 +384,16 @@ def test_automatic_tiles_follow_the_mask_granularity():
     qq, kk, vv, _ = _inputs(1, 2, 2, 1024, 1024, 16, seed=12)
     out = flash_attention(qq, kk, vv, mask=fine)
     assert max_abs_err(out, attention_reference(qq.double(), kk.double(), vv.double(), mask=fine)) <= 1e-5
+
+
+def test_a_mask_made_under_inference_mode_works_and_is_not_cached():
+    # inference tensors have no version counter, so their tile plan cannot be keyed; it is made per call
+    from deepnotes.attention.tiles import _PLANS
+
+    q, k, v, _ = _inputs(1, 2, 2, 40, 40, 16, seed=13)
+    with torch.inference_mode():
+        mask = torch.rand(40, 40, generator=torch.Generator().manual_seed(1)) < 0.5
+        out = flash_attention(q, k, v, mask=mask)
+        assert all(held is not mask for held, _ in _PLANS.values())
+    ref = attention_reference(q.double(), k.double(), v.double(), mask=mask)
+    assert max_abs_err(out, ref) <= 1e-5

@@ -261,8 +261,11 @@ _PLANS_LOCK = threading.Lock()
 
 def _plan_key(spec: AttentionSpec, block_q, block_k):
     """Identifies a mask's plan: its memory and version counter (bumped by every in-place change) and
-    the call's shape. The cache holds the mask itself, so its memory cannot be reused meanwhile."""
+    the call's shape. The cache holds the mask itself, so its memory cannot be reused meanwhile.
+    None for a mask made under torch.inference_mode (it has no version counter): not cached."""
     m = spec.mask
+    if m.is_inference():
+        return None
     return (m.data_ptr(), m._version, tuple(m.shape), tuple(m.stride()), m.dtype, str(m.device), spec.B, spec.H,
             spec.Hkv, spec.Sq, spec.Sk, spec.left, spec.right, block_q, block_k)
 
@@ -283,6 +286,8 @@ def plan_tiles(spec: AttentionSpec, block_q: int | None = None, block_k: int | N
     if spec.mask is None:
         return _plan(spec, block_q, block_k)
     key = _plan_key(spec, block_q, block_k)
+    if key is None:
+        return _plan(spec, block_q, block_k)
     with _PLANS_LOCK:
         hit = _PLANS.get(key)
         if hit is not None:
