@@ -29,6 +29,8 @@ BENCHMARKS: dict[str, str] = {
     "attention": "attention.py",
     "attention-gpu": "attention_gpu.py",
     "diffusion": "diffusion.py",
+    "medusa": "medusa.py",
+    "video": "video.py",
 }
 
 

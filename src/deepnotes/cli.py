@@ -1,4 +1,4 @@
-"""The `deepnotes` command: list, run, report, bench, and the domain commands (diffusion)."""
+"""The `deepnotes` command: list, run, report, bench, and the domain commands (diffusion, video)."""
 from __future__ import annotations
 
 import argparse
@@ -61,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .diffusion.cli import add_parser as add_diffusion_parser
 
     add_diffusion_parser(sub)
+    from .video.cli import add_parser as add_video_parser
+
+    add_video_parser(sub)
+    from .medusa.cli import add_parser as add_medusa_parser
+
+    add_medusa_parser(sub)
+    from .lm.cli import add_parser as add_lm_parser
+
+    add_lm_parser(sub)
     return parser
 
 
@@ -205,8 +214,27 @@ def _cmd_diffusion(args, console: Console) -> int:
     return run(args, console)
 
 
+def _cmd_video(args, console: Console) -> int:
+    from .video.cli import run
+
+    return run(args, console)
+
+
+def _cmd_medusa(args, console: Console) -> int:
+    from .medusa.cli import run
+
+    return run(args, console)
+
+
+def _cmd_lm(args, console: Console) -> int:
+    from .lm.cli import run
+
+    return run(args, console)
+
+
 COMMANDS = {"list": _cmd_list, "run": _cmd_run, "report": _cmd_report, "bench": _cmd_bench,
-            "diffusion": _cmd_diffusion}
+            "diffusion": _cmd_diffusion, "video": _cmd_video, "medusa": _cmd_medusa,
+            "lm": _cmd_lm}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from deepnotes.video.models import build_model
-from deepnotes.video.profile import FLOPS_UNIT, profile
+from deepnotes.video.profiling import FLOPS_UNIT, profile
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from deepnotes.video.models.resnet import BlockHooks, ResNet, r2plus1d_mid_channels
-from deepnotes.video.profile import count_multiply_adds
+from deepnotes.video.profiling import count_multiply_adds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

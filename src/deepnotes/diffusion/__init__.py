@@ -18,7 +18,7 @@ Names are imported lazily from their modules, so `import deepnotes.diffusion` st
 """
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "sde": ["SDE", "VESDE", "VPSDE", "SubVPSDE"],
@@ -36,19 +36,4 @@ _EXPORTS = {
     "metrics": ["sliced_wasserstein", "energy_distance", "mmd_rbf", "mode_weights", "DigitsFeatures",
                 "frechet_distance", "train_digits_features", "digits_fd"],
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:  # a submodule: deepnotes.diffusion.samplers
-        return importlib.import_module(f".{name}", __name__)
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -10,11 +10,14 @@ from .catalogue import NOTES, NOTES_BY_SLUG, Note
 from .activations import Activations
 from .adamw import AdamWExperiment
 from .flash_attention import FlashAttention
+from .medusa import Medusa
 from .mixed_precision import MixedPrecision
 from .score_sde import ScoreSDE
 from .sde_intro import SDEIntro
 from .smld import SMLD
 from .stochastic_approximation import StochasticApproximation
+from .temporal_modeling import TemporalModeling
+from .two_stream import TwoStream
 from .upsampling import Upsampling
 
 __all__ = [
@@ -33,6 +36,8 @@ __all__ = [
 ]
 
 REGISTRY: dict[str, Experiment] = {
+    TemporalModeling.slug: TemporalModeling(),
+    TwoStream.slug: TwoStream(),
     Activations.slug: Activations(),
     StochasticApproximation.slug: StochasticApproximation(),
     Upsampling.slug: Upsampling(),
@@ -42,4 +47,5 @@ REGISTRY: dict[str, Experiment] = {
     ScoreSDE.slug: ScoreSDE(),
     SMLD.slug: SMLD(),
     SDEIntro.slug: SDEIntro(),
+    Medusa.slug: Medusa(),
 }

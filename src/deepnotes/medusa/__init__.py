@@ -6,31 +6,24 @@ tree.py    build_tree / TreeBuffers, MC_SIM_7B_63, grow_tree, expected_accept_le
            measure_verify_cost
 acceptance.py  accept_greedy / accept_typical (one signature)
 decode.py  medusa_generate -> GenerationResult(tokens, steps, accepted)
-train.py   (the training side: MedusaTraining, medusa_loss, train_medusa, trained_medusa), imported lazily
+train.py   MedusaTraining, medusa_loss (Medusa-1/2), train_medusa, trained_medusa
+cli.py     deepnotes medusa train|generate|eval
+
+Names are imported lazily from their modules, so `import deepnotes.medusa` stays cheap.
 """
-from . import acceptance, decode, heads, tree
-from .acceptance import ACCEPTANCE, accept_greedy, accept_typical
-from .decode import (GenerationResult, compact_cache, default_choices, medusa_generate, medusa_generate_reference,
-                     tree_attention_mask)
-from .heads import MedusaHead, MedusaModel, MedusaOutput, ResBlock
-from .tree import (MC_SIM_7B_63, TreeBuffers, build_tree, chain, expected_accept_length, grow_tree,
-                   head_rank_accuracy, measure_verify_cost, select_tree, single_node, tree_throughput,
-                   validate_choices)
+from __future__ import annotations
 
-_TRAIN_NAMES = ("MedusaTraining", "medusa_loss", "train_medusa", "trained_medusa")
+from .._lazy import lazy_exports
 
-__all__ = ["acceptance", "decode", "heads", "tree", "ACCEPTANCE", "accept_greedy", "accept_typical",
-           "GenerationResult", "compact_cache", "default_choices", "medusa_generate", "medusa_generate_reference",
-           "tree_attention_mask",
-           "MedusaHead", "MedusaModel", "MedusaOutput", "ResBlock", "MC_SIM_7B_63", "TreeBuffers", "build_tree",
-           "chain", "expected_accept_length", "grow_tree", "head_rank_accuracy", "measure_verify_cost",
-           "select_tree", "single_node", "tree_throughput", "validate_choices", *_TRAIN_NAMES]
-
-
-def __getattr__(name: str):
-    # the training side lives in train.py (its own helper); import it only when one of its names is used
-    if name in _TRAIN_NAMES:
-        from . import train
-
-        return getattr(train, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_EXPORTS = {
+    "acceptance": ["ACCEPTANCE", "accept_greedy", "accept_typical"],
+    "decode": ["GenerationResult", "compact_cache", "default_choices", "medusa_generate", "medusa_generate_reference",
+               "tree_attention_mask"],
+    "heads": ["MedusaHead", "MedusaModel", "MedusaOutput", "ResBlock"],
+    "tree": ["MC_SIM_7B_63", "TreeBuffers", "build_tree", "chain", "expected_accept_length", "grow_tree",
+             "head_rank_accuracy", "measure_verify_cost", "select_tree", "single_node", "tree_throughput",
+             "validate_choices"],
+    "train": ["MedusaTraining", "medusa_loss", "train_medusa", "trained_medusa"],
+    "cli": [],
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -14,7 +14,7 @@ Clips are float tensors (N, C, T, H, W); 2D models fold T into the batch.
     metrics.py      top_k_accuracy, mean_class_accuracy, confusion_matrix, average_views
     models/         build_model, MODELS; temporal_shift, TemporalShift, OnlineTemporalShift
     fusion.py       fuse_scores, SVMFusion
-    profile.py      profile: params, multiply-adds per view, CPU latency
+    profiling.py    profile: params, multiply-adds per view, CPU latency
     train.py        VideoTraining, train_video_model, evaluate_video, trained_video_model
 
 Names are imported lazily from their modules, so `import deepnotes.video` stays cheap (and a
@@ -22,9 +22,7 @@ module that is missing fails only when one of its names is used).
 """
 from __future__ import annotations
 
-import importlib
-import sys
-import types
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "io": ["decode_video", "write_video", "VideoDecodeError", "video_info", "BACKENDS"],
@@ -40,40 +38,7 @@ _EXPORTS = {
     "models": ["build_model", "MODELS"],
     "models.temporal": ["temporal_shift", "TemporalShift", "OnlineTemporalShift"],
     "fusion": ["fuse_scores", "SVMFusion"],
-    "profile": ["profile"],
+    "profiling": ["profile", "count_multiply_adds", "FLOPS_UNIT"],
     "train": ["VideoTraining", "train_video_model", "evaluate_video", "trained_video_model"],
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-_SUBMODULES = {module for module in _EXPORTS if "." not in module}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _SUBMODULES and name not in _WHERE:  # a submodule: deepnotes.video.flow
-        return importlib.import_module(f".{name}", __name__)
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_WHERE))
-
-
-_SHADOWED = frozenset(m for m in _SUBMODULES if m in _WHERE)  # "profile": a function named after its module
-
-
-class _Package(types.ModuleType):
-    """Keeps `deepnotes.video.profile` the function: importing the submodule deepnotes.video.profile
-    would otherwise bind the module over that name, and `from deepnotes.video import profile` would
-    then return the module, depending on what was imported before."""
-
-    def __setattr__(self, name, value):
-        if name in _SHADOWED and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
