@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import deepnotes
-from deepnotes.artifacts import ArtifactStore, Recipe, fingerprint
+from deepnotes.artifacts import ArtifactStore, Recipe, TiedView, fingerprint
 
 
 def build():
@@ -118,3 +118,32 @@ def test_fingerprint_sees_tensor_bytes_dtype_and_shape():
     assert fingerprint(x) == fingerprint(x.clone())
     assert fingerprint(x) != fingerprint(x.view(2, 3)) != fingerprint(x.double())
     assert fingerprint(x) != fingerprint(x + 1e-6)
+
+
+class _Tied(torch.nn.Module):
+    """An embedding and an output projection sharing one matrix, as a tied language model."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(5, 3)
+        self.out = torch.nn.Linear(3, 5, bias=False)
+        self.out.weight = self.embed.weight
+
+
+def test_a_tied_module_is_stored_once_and_loads_with_its_tie(tmp_path):
+    calls = []
+
+    def train(view):
+        calls.append(1)
+        with torch.no_grad():
+            view.inner.embed.weight.copy_(torch.arange(15.0).view(5, 3))
+        return {}
+
+    recipe = Recipe("tied", {}, seed=0, data="x")
+    ArtifactStore(tmp_path).get(recipe, lambda: TiedView(_Tied()), train)
+    view, _ = ArtifactStore(tmp_path).get(recipe, lambda: TiedView(_Tied()), train)
+    assert calls == [1] and list(view.state_dict()) == ["embed.weight"]  # the alias is not saved
+    assert torch.equal(view.inner.out.weight, torch.arange(15.0).view(5, 3))
+    assert view.inner.out.weight is view.inner.embed.weight
+    with pytest.raises(RuntimeError, match="does not fit"):
+        view.load_state_dict({"other.weight": torch.zeros(5, 3)})

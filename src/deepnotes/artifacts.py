@@ -32,7 +32,7 @@ from torch import nn
 
 from .files import atomic_write
 
-__all__ = ["Recipe", "ArtifactStore", "default_cache_dir", "fingerprint"]
+__all__ = ["Recipe", "ArtifactStore", "TiedView", "default_cache_dir", "fingerprint"]
 
 
 def default_cache_dir() -> Path:
@@ -53,6 +53,38 @@ def fingerprint(*parts: Any) -> str:
             h.update(json.dumps(part, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
+
+
+class TiedView(nn.Module):
+    """The store's view of a module whose state holds one tensor under two names (an output
+    embedding tied to the input embedding, as in transformers' tied LMs): safetensors refuses
+    shared tensors, so the view saves each tensor once and loading fills every name. Its state
+    dict has the inner module's own keys (no prefix)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def _aliases(self) -> set[str]:
+        seen, aliases = set(), set()
+        for name, t in self.inner.state_dict().items():
+            if t.data_ptr() in seen:
+                aliases.add(name)
+            else:
+                seen.add(t.data_ptr())
+        return aliases
+
+    def state_dict(self, *args, **kwargs):
+        aliases = self._aliases()
+        return {k: v for k, v in self.inner.state_dict().items() if k not in aliases}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = self.inner.load_state_dict(state_dict, strict=False)
+        missing = set(result.missing_keys) - self._aliases()
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"state_dict does not fit the model: missing {sorted(missing)}, unexpected "
+                               f"{sorted(result.unexpected_keys)}")
+        return result
 
 @dataclass(frozen=True)
 class Recipe:

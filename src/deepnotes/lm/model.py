@@ -325,36 +325,6 @@ def corpus_tokenizer(vocab_size: int = 2048, tokenizer_chars: int = 2_000_000):
     return tokenizer_from_json(_tokenizer_json(vocab_size, tokenizer_chars))
 
 
-class _StoredLM(nn.Module):
-    """The ArtifactStore's view of a model: a tensor under two names (the tied output matrix is the
-    input embedding) is saved once, as safetensors requires, and loading fills both names."""
-
-    def __init__(self, lm: nn.Module):
-        super().__init__()
-        self.lm = lm
-
-    def _aliases(self) -> set[str]:
-        seen, aliases = set(), set()
-        for name, t in self.lm.state_dict().items():
-            if t.data_ptr() in seen:
-                aliases.add(name)
-            else:
-                seen.add(t.data_ptr())
-        return aliases
-
-    def state_dict(self, *args, **kwargs):
-        aliases = self._aliases()
-        return {k: v for k, v in self.lm.state_dict().items() if k not in aliases}
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        result = self.lm.load_state_dict(state_dict, strict=False)
-        missing = set(result.missing_keys) - self._aliases()
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(f"state_dict does not fit the model: missing {sorted(missing)}, unexpected "
-                               f"{sorted(result.unexpected_keys)}")
-        return result
-
-
 def train_on_corpus(model: nn.Module, training: LMTraining, *, device: str = "cpu", progress: bool | None = False,
                     checkpoint_dir: str | os.PathLike | None = None,
                     metrics_path: str | os.PathLike | None = None) -> tuple[object, dict]:
@@ -387,7 +357,7 @@ def trained_lm(store, training: LMTraining = LMTraining(), device: str = "cpu",
     The tokenizer is stored with the weights (its JSON in the entry's info), so a loaded entry
     encodes exactly as the model was trained; info is train_on_corpus's.
     """
-    from ..artifacts import Recipe, fingerprint
+    from ..artifacts import Recipe, TiedView, fingerprint
     from .splits import code_documents
     from .tokenizer import tokenizer_from_json, tokenizer_to_json
 
@@ -397,12 +367,12 @@ def trained_lm(store, training: LMTraining = LMTraining(), device: str = "cpu",
     recipe = Recipe(f"code-lm-{training.scale}-{training.role}", seed=training.seed, data=fingerprint(digest),
                     config={"training": training.to_dict(), "arch": ARCHITECTURES[(training.scale, training.role)]})
 
-    def train(stored: _StoredLM) -> dict:
-        tok, info = train_on_corpus(stored.lm, training, device=device, progress=progress)
-        stored.lm.cpu()
+    def train(stored: TiedView) -> dict:
+        tok, info = train_on_corpus(stored.inner, training, device=device, progress=progress)
+        stored.inner.cpu()
         return {**info, "tokenizer": tokenizer_to_json(tok)}
 
-    stored, info = store.get(recipe, build=lambda: _StoredLM(build_lm(config, training.seed)), train=train)
+    stored, info = store.get(recipe, build=lambda: TiedView(build_lm(config, training.seed)), train=train)
     info = dict(info)
     tokenizer = tokenizer_from_json(info.pop("tokenizer"))
-    return stored.lm.to(device).eval(), tokenizer, info
+    return stored.inner.to(device).eval(), tokenizer, info

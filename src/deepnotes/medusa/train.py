@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from ..artifacts import ArtifactStore, Recipe, fingerprint
+from ..artifacts import ArtifactStore, Recipe, TiedView, fingerprint
 from ..optim import AdamW
 from ..optim.schedules import get_schedule
 from ..train import fit
@@ -333,36 +333,6 @@ def train_medusa(model: nn.Module, token_ids: Tensor, training: MedusaTraining, 
     return info
 
 
-class _Stored(nn.Module):
-    """The ArtifactStore's view of a module whose state holds one tensor under two names (an output
-    embedding tied to the input embedding): saved once, as safetensors requires; loading fills both."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def _aliases(self) -> set[str]:
-        seen, aliases = set(), set()
-        for name, t in self.inner.state_dict().items():
-            if t.data_ptr() in seen:
-                aliases.add(name)
-            else:
-                seen.add(t.data_ptr())
-        return aliases
-
-    def state_dict(self, *args, **kwargs):
-        aliases = self._aliases()
-        return {k: v for k, v in self.inner.state_dict().items() if k not in aliases}
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        result = self.inner.load_state_dict(state_dict, strict=False)
-        missing = set(result.missing_keys) - self._aliases()
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(f"state_dict does not fit the model: missing {sorted(missing)}, unexpected "
-                               f"{sorted(result.unexpected_keys)}")
-        return result
-
-
 def trained_medusa(store: ArtifactStore, base: nn.Module, training: MedusaTraining, token_ids: Tensor,
                    val_ids: Tensor | None = None, *, name: str = "medusa-heads") -> tuple[nn.Module, dict]:
     """(MedusaModel, info): heads for ``base`` trained by ``training`` on ``token_ids``, loaded from
@@ -385,7 +355,7 @@ def trained_medusa(store: ArtifactStore, base: nn.Module, training: MedusaTraini
     def build() -> nn.Module:
         owner = copy.deepcopy(base) if training.medusa2 else base
         holder["model"] = MedusaModel(owner, num_heads=training.num_heads, num_layers=training.num_layers)
-        return _Stored(holder["model"]) if training.medusa2 else holder["model"].heads
+        return TiedView(holder["model"]) if training.medusa2 else holder["model"].heads
 
     def train(_module: nn.Module) -> dict:
         return train_medusa(holder["model"], token_ids, training, val_ids=val_ids)
