@@ -106,10 +106,11 @@ def backbone_forward(model: "MedusaModel", input_ids: torch.Tensor, *, attention
     kwargs = {model._cache_name: cache} if cache is not None else {}
     out = model.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          use_cache=use_cache, **kwargs)
-    new_cache = out.get("cache", None)
-    if new_cache is None:
-        new_cache = out.get("past_key_values", None)
-    return out.last_hidden_state, (new_cache if use_cache else None)
+    if not use_cache:
+        return out.last_hidden_state, None
+    # "cache" on transformers 5.x; asking a 5.x output for "past_key_values" logs a deprecation
+    new_cache = out.get("cache", None) if model._cache_name == "cache" else out.get("past_key_values", None)
+    return out.last_hidden_state, new_cache
 
 
 class MedusaModel(nn.Module):
