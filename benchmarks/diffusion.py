@@ -45,11 +45,8 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -57,6 +54,7 @@ from rich.table import Table
 
 from deepnotes.artifacts import ArtifactStore
 from deepnotes.bench import write_result
+from deepnotes.measure import cpu_info
 from deepnotes.diffusion.data import toy_data
 from deepnotes.diffusion.losses import dsm_loss
 from deepnotes.diffusion.metrics import sliced_wasserstein
@@ -90,20 +88,6 @@ PC_REFERENCE_NFE = 1000
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-def cpu_info() -> dict:
-    model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"capability": torch.backends.cpu.get_cpu_capability(), "model": model or platform.processor(),
-            "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
-
 
 def steps_for(method: str, nfe: int) -> int:
     if method == "pc":

@@ -34,11 +34,8 @@ and reported as such), 5 prompts of 32 tokens, 48 new tokens.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -46,25 +43,12 @@ from rich.table import Table
 
 from deepnotes.artifacts import ArtifactStore
 from deepnotes.bench import write_result
+from deepnotes.measure import cpu_info
 from deepnotes.experiments.medusa import (SCALE_SETTINGS, TREE_SIZES, TYPICAL, continuation_perplexity, methods,
                                           run_methods, setup, split_prompts, step_costs)
 from deepnotes.medusa.tree import expected_accept_length, measure_verify_cost, select_tree
 
 TARGETS = {"accepted_per_step": 2.5, "speedup": 1.8, "speedup_goal": 2.5}
-
-
-def cpu_info() -> dict:
-    model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"capability": torch.backends.cpu.get_cpu_capability(), "model": model or platform.processor(),
-            "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def verify_costs(model, prefix_len: int) -> dict:

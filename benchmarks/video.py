@@ -22,8 +22,6 @@ numbers do not depend on how busy the other core is.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deepnotes.bench import write_result
-from deepnotes.measure import interleaved_times
+from deepnotes.measure import cpu_info, interleaved_times
 from deepnotes.video.dataset import VideoDataset
 from deepnotes.video.io import decode_video
 from deepnotes.video.annotations import read_annotations
@@ -43,20 +41,6 @@ from deepnotes.video.synthetic import OrderShapes
 from deepnotes.video.train import VideoTraining, build_video_model
 
 MODELS = ("tsm", "r3d", "r2plus1d")
-
-
-def cpu_info() -> dict:
-    model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"capability": torch.backends.cpu.get_cpu_capability(), "model": model or platform.processor(),
-            "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def decoding(folder: Path, n_clips: int, frames: int, size: int, repeats: int) -> dict:

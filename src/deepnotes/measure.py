@@ -6,6 +6,9 @@ a shared machine lands on all of them, and ``speed_ratio`` for the ratio a check
 or a benchmark reports. A check never compares a time with a constant, only
 two times taken side by side.
 
+Where: ``cpu_info`` records the machine a benchmark ran on (the vector capability torch
+dispatches to, AVX2 or AVX-512, matters: bf16 is 14-23x slower than fp32 on AVX2 only).
+
 Peak memory: ``peak_memory`` runs a call in a fresh process and reads how far
 its peak resident size rose above the level before the call. A fresh process
 matters: within one process the allocator keeps freed memory resident, so an
@@ -18,13 +21,15 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
+import platform
 import re
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["median_time", "interleaved_times", "speed_ratio", "peak_memory", "fresh_process_context"]
+__all__ = ["median_time", "interleaved_times", "speed_ratio", "peak_memory", "fresh_process_context", "cpu_info"]
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -147,3 +152,21 @@ def peak_memory(fn: Callable[..., Any], make_inputs: Callable[..., tuple] | None
     if status != "ok":
         raise RuntimeError(f"peak_memory: {getattr(fn, '__name__', fn)} failed: {value}")
     return value
+
+
+def cpu_info() -> dict:
+    """The CPU a measurement ran on: torch's vector capability, model name, logical CPUs, torch
+    threads and the 1-minute load average at the call (a busy machine inflates every timing)."""
+    import torch
+
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"capability": torch.backends.cpu.get_cpu_capability(), "model": model or platform.processor(),
+            "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}

@@ -135,8 +135,6 @@ def _encode(tokenizer, text: str):
 
 
 def _train(args, console) -> int:
-    import torch
-    from safetensors.torch import save_file  # noqa: F401  (the heads' format; a missing wheel fails here)
 
     from ..files import atomic_write
     from .heads import MedusaModel
