@@ -31,6 +31,11 @@ def _check(candidates: torch.Tensor, logits: torch.Tensor, temperature: float, p
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[:2] != candidates.shape:
         raise ValueError(f"logits: expected (P, L, V) matching candidates {tuple(candidates.shape)}, got "
                          f"{tuple(getattr(logits, 'shape', ()))}")
+    check_rule_parameters(temperature, posterior_threshold, posterior_alpha)
+
+
+def check_rule_parameters(temperature: float, posterior_threshold: float, posterior_alpha: float) -> None:
+    """ValueError naming the first of temperature (>= 0), ε (in (0, 1]) and δ (> 0) out of range."""
     if not temperature >= 0:
         raise ValueError(f"temperature: expected >= 0, got {temperature}")
     if not 0 < posterior_threshold <= 1:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .acceptance import ACCEPTANCE, accept_typical, best_greedy
+from .acceptance import ACCEPTANCE, accept_typical, best_greedy, check_rule_parameters
 from .heads import MedusaModel, backbone_forward
 from .tree import MC_SIM_7B_63, TreeBuffers, build_tree
 
@@ -241,12 +241,7 @@ def _validate(model, input_ids, max_new_tokens, choices, acceptance, posterior_t
         raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
     if acceptance not in ACCEPTANCE:
         raise ValueError(f"acceptance: expected one of {sorted(ACCEPTANCE)}, got {acceptance!r}")
-    if not temperature >= 0:
-        raise ValueError(f"temperature: expected >= 0, got {temperature}")
-    if not 0 < posterior_threshold <= 1:
-        raise ValueError(f"posterior_threshold: expected in (0, 1], got {posterior_threshold}")
-    if not posterior_alpha > 0:
-        raise ValueError(f"posterior_alpha: expected > 0, got {posterior_alpha}")
+    check_rule_parameters(temperature, posterior_threshold, posterior_alpha)
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] < 1 \
             or input_ids.shape[0] < 1 or input_ids.dtype.is_floating_point:
         raise ValueError(f"input_ids: expected an integer (B, S) tensor with B, S >= 1, got "
@@ -278,7 +273,7 @@ def medusa_generate(model: MedusaModel, input_ids: torch.Tensor, max_new_tokens:
                              posterior_alpha, eos_token_id, temperature)
     args = (max_new_tokens, buffers, acceptance, float(temperature), float(posterior_threshold),
             float(posterior_alpha), eos)
-    with torch.no_grad():  # not inference_mode: kernels that cache on tensor versions (deepnotes) need them
+    with torch.no_grad():
         rows = [_generate_row(model, input_ids[b:b + 1], *args) for b in range(input_ids.shape[0])]
     if len(rows) == 1:
         return rows[0]

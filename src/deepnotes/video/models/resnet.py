@@ -100,6 +100,13 @@ class _Convs:
                              self.bn(cout), nn.ReLU(inplace=True), pool)
 
 
+def _shortcut(convs: _Convs, cin: int, cout: int, s: int, st: int) -> nn.Module | None:
+    """The projection shortcut (1x1 conv with the block's strides, BN) when the shape changes, else None."""
+    if s != 1 or st != 1 or cin != cout:
+        return nn.Sequential(convs.conv1x1(cin, cout, s, st), convs.bn(cout))
+    return None
+
+
 class BasicBlock(nn.Module):
     """x -> relu(x' + bn2(conv2(mid(relu(bn1(conv1(pre(x)))))))), x' = x or its 1x1 projection."""
     expansion = 1
@@ -114,9 +121,7 @@ class BasicBlock(nn.Module):
         self.mid = hooks.mid or nn.Identity()
         self.conv2, self.bn2 = convs.conv3x3(planes, cout), convs.bn(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if s != 1 or st != 1 or cin != cout:
-            self.downsample = nn.Sequential(convs.conv1x1(cin, cout, s, st), convs.bn(cout))
+        self.downsample = _shortcut(convs, cin, cout, s, st)
 
     @property
     def last_bn(self) -> nn.Module:
@@ -144,9 +149,7 @@ class Bottleneck(nn.Module):
         self.conv2, self.bn2 = convs.conv3x3(planes, planes, s, st), convs.bn(planes)
         self.conv3, self.bn3 = convs.conv1x1(planes, cout), convs.bn(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if s != 1 or st != 1 or cin != cout:
-            self.downsample = nn.Sequential(convs.conv1x1(cin, cout, s, st), convs.bn(cout))
+        self.downsample = _shortcut(convs, cin, cout, s, st)
 
     @property
     def last_bn(self) -> nn.Module:
