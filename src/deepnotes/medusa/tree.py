@@ -264,7 +264,7 @@ def measure_verify_cost(model, sizes: Sequence[int], prefix_len: int = 64, repea
     g = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, V, (1, prefix_len), generator=g).to(device)
     out: dict[int, float] = {}
-    with torch.no_grad():  # not inference_mode: kernels that cache on tensor versions (deepnotes) need them
+    with torch.no_grad():
         _, cache = backbone_forward(medusa, prompt, use_cache=True)
         for q in sizes:
             buffers = build_tree(chain(q - 1)).to(device)
