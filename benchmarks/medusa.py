@@ -1,6 +1,7 @@
 """Medusa vs transformers' plain greedy, prompt-lookup and assisted decoding, on the code LM trained here.
 
-One process, batch 1, greedy, float32 on the CPU, on --threads torch threads (default 1):
+One process, batch 1, greedy, float32 on the CPU; everything below step 1 is measured once per
+--threads count (default: one thread, then every core), the counts one after the other:
 
 1. Models, from the artifact store (``--cache DIR``; default: deepnotes' cache dir), trained once
    and shared with `deepnotes run medusa`: the code LM of the scale (deepnotes.lm.trained_lm; full:
@@ -69,34 +70,9 @@ def verify_costs(model, prefix_len: int) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="quick-scale models and fewer, shorter prompts")
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--cache", default=None, help="artifact store folder (default: deepnotes' cache dir)")
-    parser.add_argument("--seed", type=int, default=0, help="the models' seed")
-    parser.add_argument("--prompts", type=int, default=None, help="test prompts (quick 5, full 8)")
-    parser.add_argument("--prompt-tokens", type=int, default=None)
-    parser.add_argument("--new-tokens", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    console = Console(width=160)
-    scale = "quick" if args.quick else "full"
-    s = dict(SCALE_SETTINGS[scale])
-    for key in ("prompts", "prompt_tokens", "new_tokens"):
-        if getattr(args, key) is not None:
-            s[key] = getattr(args, key)
-    store = ArtifactStore(args.cache)
-    console.print(f"models ({scale} scale) from {store.root}: training what is not stored yet")
-    t0 = time.perf_counter()
-    m = setup(store, scale, args.seed)
-    models_seconds = time.perf_counter() - t0
-    console.print(f"models ready in {models_seconds:.0f} s ({store.hits} loaded, {store.trained} trained)")
+def measure(console, m: dict, s: dict, prompts: list, repeats: int, threads: int, scale: str) -> dict:
+    """Verification costs, the chosen tree, every method's timing and the targets, on `threads` threads."""
     model, base, rank = m["medusa"], m["base"], m["rank"]
-    prompts = split_prompts(m["tokenizer"], "test", s["prompts"], s["prompt_tokens"])
     prefix = s["prompt_tokens"] + s["new_tokens"] // 2
     costs_by_impl = verify_costs(model, prefix)
     impl = base.config._attn_implementation
@@ -109,7 +85,7 @@ def main() -> None:
                   f"one step on validation prompts: {steps_ms}; verification on {impl})")
 
     fns = methods(m, s["new_tokens"])
-    res = run_methods(fns, prompts, args.repeats)
+    res = run_methods(fns, prompts, repeats)
     greedy = res["greedy"]["tokens"]
     rows = {}
     for k, r in res.items():
@@ -144,7 +120,7 @@ def main() -> None:
 
     table = Table(title=f"{scale}-scale code LM ({m['lm_info'].get('params', 0) / 1e6:.1f}M parameters), "
                         f"{len(prompts)} test prompts x {s['new_tokens']} new tokens, batch 1, "
-                        f"{args.threads} thread(s), median of {args.repeats}")
+                        f"{threads} thread(s), median of {repeats}")
     for col in ("method", "tokens/s", "accepted/step", "vs greedy", "vs prompt lookup", "vs assisted",
                 "= greedy", "base ppl of output"):
         table.add_column(col, justify="right" if col != "method" else "left")
@@ -182,8 +158,51 @@ def main() -> None:
                     str(t["greedy_outputs_identical"]["met"]))
     console.print(summary)
 
+    return {"chosen_tree": size, "step_ms_validation": {q: 1e3 * c for q, c in per_step.items()},
+            "verify_cost_ms": costs_by_impl, "overhead": overhead, "attention": impl, "results": rows,
+            "targets": targets}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="quick-scale models and fewer, shorter prompts")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--cache", default=None, help="artifact store folder (default: deepnotes' cache dir)")
+    parser.add_argument("--seed", type=int, default=0, help="the models' seed")
+    parser.add_argument("--prompts", type=int, default=None, help="test prompts (quick 5, full 8)")
+    parser.add_argument("--prompt-tokens", type=int, default=None)
+    parser.add_argument("--new-tokens", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", default=None,
+                        help="comma-separated torch intra-op thread counts, each measured in turn (default: 1 and "
+                             "every core)")
+    args = parser.parse_args()
+    cores = torch.get_num_threads()
+    thread_counts = sorted({1, cores}) if args.threads is None else [int(t) for t in args.threads.split(",")]
+    if any(t < 1 for t in thread_counts):
+        parser.error(f"--threads: expected positive counts, got {args.threads!r}")
+    torch.set_num_threads(thread_counts[0])  # models are loaded or trained on the first count
+    t_start = time.perf_counter()
+    console = Console(width=160)
+    scale = "quick" if args.quick else "full"
+    s = dict(SCALE_SETTINGS[scale])
+    for key in ("prompts", "prompt_tokens", "new_tokens"):
+        if getattr(args, key) is not None:
+            s[key] = getattr(args, key)
+    store = ArtifactStore(args.cache)
+    console.print(f"models ({scale} scale) from {store.root}: training what is not stored yet")
+    t0 = time.perf_counter()
+    m = setup(store, scale, args.seed)
+    models_seconds = time.perf_counter() - t0
+    console.print(f"models ready in {models_seconds:.0f} s ({store.hits} loaded, {store.trained} trained)")
+    prompts = split_prompts(m["tokenizer"], "test", s["prompts"], s["prompt_tokens"])
+    by_threads = {}
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        by_threads[str(threads)] = measure(console, m, s, prompts, args.repeats, threads, scale)
+
     path = write_result("medusa", {
-        "quick": args.quick, "scale": scale, "cpu": cpu_info(), "threads": args.threads,
+        "quick": args.quick, "scale": scale, "cpu": cpu_info(), "threads": thread_counts,
         "models": {"store": str(store.root), "seconds": round(models_seconds, 1), "loaded": store.hits,
                    "trained": store.trained, "base": {k: v for k, v in m["lm_info"].items() if "curve" not in k},
                    "draft": {k: v for k, v in m["draft_info"].items() if "curve" not in k},
@@ -192,9 +211,7 @@ def main() -> None:
         "prompts": {"n": len(prompts), "tokens": s["prompt_tokens"], "new_tokens": s["new_tokens"],
                     "source": "test split, evenly spaced windows"},
         "typical": TYPICAL, "trees": {str(q): [list(c) for c in m["trees"][q]] for q in TREE_SIZES},
-        "chosen_tree": size, "step_ms_validation": {q: 1e3 * c for q, c in per_step.items()},
-        "verify_cost_ms": costs_by_impl, "overhead": overhead, "attention": impl,
-        "results": rows, "targets": targets, "wall_seconds": round(time.perf_counter() - t_start, 1),
+        "by_threads": by_threads, "wall_seconds": round(time.perf_counter() - t_start, 1),
     }, args.out)
     console.print(f"wrote {path} ({time.perf_counter() - t_start:.0f} s)")
 

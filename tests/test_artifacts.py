@@ -147,3 +147,27 @@ def test_a_tied_module_is_stored_once_and_loads_with_its_tie(tmp_path):
     assert view.inner.out.weight is view.inner.embed.weight
     with pytest.raises(RuntimeError, match="does not fit"):
         view.load_state_dict({"other.weight": torch.zeros(5, 3)})
+
+
+def test_an_interrupted_training_finds_its_checkpoints_and_they_go_once_the_entry_is_saved(tmp_path):
+    store = ArtifactStore(tmp_path)
+    recipe = Recipe("lin", {"d": 4}, seed=1, data="abc")
+    work = store.work_dir(recipe)
+    assert work.parent == tmp_path / "work" and recipe.key in work.name
+    seen = []
+
+    def interrupted(module):
+        work.mkdir(parents=True)
+        (work / "last.safetensors").write_bytes(b"step 7")
+        raise KeyboardInterrupt
+
+    def resumed(module):
+        seen.append((work / "last.safetensors").read_bytes())
+        return trainer([])(module)
+
+    with pytest.raises(KeyboardInterrupt):
+        store.get(recipe, build, interrupted)
+    assert not store.paths(recipe)[1].exists()  # no entry from an interrupted training
+    store.get(recipe, build, resumed)
+    assert seen == [b"step 7"] and not work.exists() and store.paths(recipe)[1].exists()
+    assert ArtifactStore(tmp_path, enabled=False).work_dir(recipe) is None

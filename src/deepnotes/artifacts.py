@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +156,11 @@ class ArtifactStore:
         stem = self.root / f"{recipe.name}-{recipe.key}"
         return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
+    def work_dir(self, recipe: Recipe) -> Path | None:
+        """The folder an entry's training keeps its checkpoints in until the entry is saved, so a
+        long training that is interrupted resumes there (fit's checkpoint_dir); None when disabled."""
+        return self.root / "work" / f"{recipe.name}-{recipe.key}" if self.enabled else None
+
     def load(self, recipe: Recipe, module: nn.Module) -> dict | None:
         """Loads the entry's weights into module and returns its info, or None when there is
         no usable entry (a corrupt one is reported with a warning)."""
@@ -208,4 +214,5 @@ class ArtifactStore:
         self.trained += 1
         if self.enabled:
             self.save(recipe, module, info)
+            shutil.rmtree(self.work_dir(recipe), ignore_errors=True)  # the entry replaces its checkpoints
         return module, info

@@ -185,3 +185,31 @@ def test_the_store_trains_once_then_returns_the_same_model(tmp_path, one_thread)
     text = code_documents("test", 3_000)[0]
     assert tok1(text).input_ids == tok2(text).input_ids
     assert not m2.training
+    assert info2["test_bits_per_char"] == pytest.approx(
+        math.log2(info2["test_perplexity"]) * (info2["test_tokens"] - 1) / sum(map(len, code_documents("test", 2_000))))
+
+
+def test_an_interrupted_store_training_resumes_from_its_checkpoint(tmp_path, monkeypatch, one_thread):
+    """Interrupted after its last optimizer step (in the held-out scoring), the training resumes from the
+    checkpoint in the store's work folder: no step is run twice and the weights equal an uninterrupted run's."""
+    import deepnotes.lm.model as lm_model
+
+    training = LMTraining.preset("tiny", steps=6, warmup=1, train_chars=20_000, tokenizer_chars=20_000,
+                                 eval_chars=2_000)
+    reference, _, _ = trained_lm(ArtifactStore(tmp_path / "uninterrupted"), training)
+    store = ArtifactStore(tmp_path / "store")
+    scoring = lm_model.perplexity
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lm_model, "perplexity", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        trained_lm(store, training)
+    assert any((tmp_path / "store" / "work").glob("*/last.safetensors"))
+    monkeypatch.setattr(lm_model, "perplexity", scoring)
+    resumed, _, info = trained_lm(store, training)
+    assert info["steps"] == 6 and info["loss_curve"] == []  # fit resumed at step 6: no step ran again
+    a, b = reference.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "store" / "work").exists() or not any((tmp_path / "store" / "work").iterdir())
