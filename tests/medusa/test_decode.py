@@ -153,7 +153,6 @@ def test_batch_rows_decode_independently(one_thread):
                                         ("llama", "deepnotes")])
 def test_tree_forward_equals_each_path_as_a_sequence(kind, attn, one_thread):
     base = BASES[kind](seed=7, attn=attn)
-    model = MedusaModel(base, num_heads=4).eval()
     buffers = build_tree(MC_SIM_7B_63)
     n, S = buffers.num_nodes, 9
     ids = prompt(S, 64)

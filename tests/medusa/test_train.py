@@ -3,7 +3,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from deepnotes.artifacts import ArtifactStore
 from deepnotes.medusa.heads import MedusaModel

@@ -1,6 +1,5 @@
 """profile(): multiply-adds per view from closed forms, TSM = TSN, x T scaling, head in/out, latency."""
 import pytest
-import torch
 from torch import nn
 
 from deepnotes.video.models import build_model

@@ -19,10 +19,17 @@ token, up to float ties. Generation stops after an eos token (emitted) or exactl
 ``max_new_tokens`` tokens, even in the middle of an accepted path.
 
 The verification forward is the model's own (eager, sdpa or any attention that takes a 4-D
-mask): eager gets an additive float mask (0 / finfo.min), the others a bool mask.
+mask): eager gets an additive float mask (0 / finfo.min), the others a bool mask. The cache keeps
+every token (full DynamicLayers); sliding-window layers get the window in their mask instead, and
+models mixing both kinds get a {"full_attention": …, "sliding_attention": …} mask per layer type.
+Bases the masked tree forward cannot verify exactly are refused up front with a ValueError: no
+``position_ids`` or cache argument (ALiBi Bloom/MPT, Mamba, RWKV, OpenAI GPT), ALiBi Falcon,
+GPT-Neo local attention, linear/conv/chunked/indexed/KV-sharing layers (``_check_model``), and
+logits other than lm_head(hidden) with the known soft-cap/scale (``_check_logits``, a one-token probe).
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -31,7 +38,8 @@ from .acceptance import ACCEPTANCE, accept_typical, best_greedy, check_rule_para
 from .heads import MedusaModel, backbone_forward
 from .tree import MC_SIM_7B_63, TreeBuffers, build_tree
 
-__all__ = ["GenerationResult", "medusa_generate", "medusa_generate_reference", "compact_cache", "tree_attention_mask", "default_choices"]
+__all__ = ["GenerationResult", "medusa_generate", "medusa_generate_reference", "compact_cache", "tree_attention_mask",
+           "default_choices"]
 
 
 @dataclass
@@ -69,32 +77,103 @@ def _mask_kind(model: MedusaModel):
     return model.lm_head.weight.dtype if impl == "eager" else torch.bool
 
 
-def _fill(shape, allowed: bool, kind, device) -> torch.Tensor:
+def _as_kind(allowed: torch.Tensor, kind) -> torch.Tensor:
     if kind == torch.bool:
-        return torch.full(shape, allowed, dtype=torch.bool, device=device)
-    return torch.full(shape, 0.0 if allowed else torch.finfo(kind).min, dtype=kind, device=device)
+        return allowed
+    return torch.zeros(allowed.shape, dtype=kind, device=allowed.device).masked_fill_(~allowed, torch.finfo(kind).min)
 
 
-def _tree_block(buffers: TreeBuffers, kind, device) -> torch.Tensor:
-    m = buffers.attn_mask.to(device)
-    if kind != torch.bool:
-        m = torch.zeros(m.shape, dtype=kind, device=device).masked_fill_(~m, torch.finfo(kind).min)
-    return m.view(1, 1, *m.shape)
-
-
-def tree_attention_mask(buffers: TreeBuffers, past_len: int, kind=torch.bool, device=None) -> torch.Tensor:
+def tree_attention_mask(buffers: TreeBuffers, past_len: int, kind=torch.bool, device=None,
+                        window: int | None = None) -> torch.Tensor:
     """(1, 1, n, past_len + n) mask: every tree node sees the whole cache, then its ancestors and itself.
 
     kind: torch.bool (True = attend) or a float dtype (additive 0 / finfo.min).
+    window: sliding-window size; a query at position p then sees only keys at positions > p - window
+    (cache slot j holds position j, tree node i position past_len + depth_i).
     """
     device = device if device is not None else buffers.attn_mask.device
     n = buffers.num_nodes
-    return torch.cat([_fill((1, 1, n, past_len), True, kind, device), _tree_block(buffers, kind, device)], dim=-1)
+    tree = buffers.attn_mask.to(device)
+    allowed = torch.cat([torch.ones(n, past_len, dtype=torch.bool, device=device), tree], dim=-1)
+    if window is not None:
+        depth = buffers.position_ids.to(device)
+        keys = torch.cat([torch.arange(past_len, device=device), past_len + depth])
+        allowed &= keys > (past_len + depth - window).unsqueeze(-1)
+    return _as_kind(allowed, kind).view(1, 1, n, past_len + n)
 
 
-def _tree_step_inputs(buffers: TreeBuffers, past_len: int, model: MedusaModel, device):
-    mask = tree_attention_mask(buffers, past_len, _mask_kind(model), device)
+@dataclass(frozen=True)
+class _Layout:
+    kinds: frozenset  # layer types among {"full_attention", "sliding_attention"}
+    window: int | None  # the sliding window, when there are sliding layers
+
+
+def _reject(model: MedusaModel, why: str):
+    raise ValueError(f"model: {type(model.base).__name__} {why}; medusa_generate verifies its candidate tree in one "
+                     f"forward with position_ids and a 4-D attention mask over a cache of every token's keys and "
+                     f"values, and would not reproduce this model's own decoding")
+
+
+def _check_model(model: MedusaModel) -> _Layout:
+    """Refuse bases the masked tree forward cannot verify exactly; return their attention layout."""
+    params = inspect.signature(model.backbone.forward).parameters
+    if "position_ids" not in params:
+        _reject(model, "takes no position_ids (ALiBi or recurrent state follows cache slots, not tree depths)")
+    if model._cache_name not in params:
+        _reject(model, "keeps no KV cache")
+    cfg = model.config.get_text_config(decoder=True)
+    if getattr(cfg, "alibi", False):
+        _reject(model, "uses ALiBi biases built from a 2-D padding mask")
+    if "local" in (getattr(cfg, "attention_layers", None) or ()):
+        _reject(model, "has local attention layers whose window counts cache slots (GPT-Neo), not positions")
+    from transformers.cache_utils import get_layer_types_and_kwargs
+
+    types, kwargs = get_layer_types_and_kwargs(cfg)
+    windows = {kw["sliding_window"] for t, kw in zip(types, kwargs) if t == "sliding_attention"}
+    if not set(types) <= {"full_attention", "sliding_attention"} or len(windows) > 1:
+        _reject(model, f"has layer types {sorted(set(types))} with sliding windows {sorted(windows)} (supported: "
+                       f"full_attention and sliding_attention with one window)")
+    return _Layout(frozenset(types), windows.pop() if windows else None)
+
+
+def _check_logits(model: MedusaModel, input_ids: torch.Tensor) -> None:
+    """One-token probe, once per model: base_logits(backbone hidden) must be the base's own logits."""
+    if getattr(model, "_logits_checked", False):
+        return
+    ids = input_ids[:1, :1]
+    want = model.base(input_ids=ids, use_cache=False).logits[0, -1].float()
+    hidden, _ = backbone_forward(model, ids)
+    got = model.base_logits(hidden[:, -1:])[0, 0].float()
+    tol = max(1e-4, 8 * torch.finfo(model.lm_head.weight.dtype).eps) * float(want.abs().max())
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=0, atol=tol):
+        _reject(model, "computes its logits from more than lm_head(last hidden state of base_model), soft-capping "
+                       "and a logit scale (or is not in eval mode)")
+    model._logits_checked = True
+
+
+def _step_mask(buffers: TreeBuffers, past: int, kind, layout: _Layout, device):
+    """The tree step's mask: one tensor, or one per layer type for models mixing full and sliding layers."""
+    if layout.window is None:
+        return tree_attention_mask(buffers, past, kind, device)
+    sliding = tree_attention_mask(buffers, past, kind, device, layout.window)
+    if layout.kinds == {"sliding_attention"}:
+        return sliding
+    return {"full_attention": tree_attention_mask(buffers, past, kind, device), "sliding_attention": sliding}
+
+
+def _tree_step_inputs(buffers: TreeBuffers, past_len: int, model: MedusaModel, device, layout: _Layout | None = None):
+    mask = _step_mask(buffers, past_len, _mask_kind(model), layout or _check_model(model), device)
     return mask, (buffers.position_ids.to(device) + past_len).unsqueeze(0)
+
+
+def _full_cache(model: MedusaModel):
+    """The base's DynamicCache with sliding layers made full: a sliding layer drops the keys its window leaves
+    behind, and the tree's ancestors are not the latest keys (the window lives in the mask instead)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    cache = DynamicCache(config=model.config)
+    cache.layers = [DynamicLayer() if getattr(layer, "is_sliding", False) else layer for layer in cache.layers]
+    return cache
 
 
 def _check_cache(cache) -> None:
@@ -152,7 +231,7 @@ def _eos_set(model: MedusaModel, eos_token_id) -> frozenset:
 
 def _generate_row(model: MedusaModel, input_ids: torch.Tensor, max_new_tokens: int, buffers: TreeBuffers,
                   rule: str, temperature: float, posterior_threshold: float, posterior_alpha: float,
-                  eos: frozenset) -> GenerationResult:
+                  eos: frozenset, layout: _Layout) -> GenerationResult:
     """Batch-1 loop over a (1, S) prompt."""
     device = input_ids.device
     S = input_ids.shape[1]
@@ -173,13 +252,12 @@ def _generate_row(model: MedusaModel, input_ids: torch.Tensor, max_new_tokens: i
     node_row = torch.tensor([row_of.get(i, len(internal)) for i in range(n)], dtype=torch.long, device=device)
     path_rows = node_row[retrieve_c]  # (P, L) rows of [internal logits; one filler row]
     no_token = torch.full((1,), -2, dtype=torch.long, device=device)  # a leaf "predicts" nothing
-    tree_block = _tree_block(buffers, kind, device)  # (1, 1, n, n)
-    prefix = _fill((1, 1, n, S + max_new_tokens + depth + 1), True, kind, device)  # all-visible cache part
+    mask_buffers = buffers.to(device)
     pad = torch.full_like(retrieve, -1)
     heads = list(model.heads)[:depth]
     greedy = rule == "greedy" or temperature == 0
 
-    hidden, cache = backbone_forward(model, input_ids, use_cache=True)  # prefill
+    hidden, cache = backbone_forward(model, input_ids, cache=_full_cache(model), use_cache=True)  # prefill
     _check_cache(cache)
     h_last = hidden[:, -1:]  # (1, 1, D)
     z_last = model.base_logits(h_last)[0, 0]  # (V,)
@@ -194,7 +272,7 @@ def _generate_row(model: MedusaModel, input_ids: torch.Tensor, max_new_tokens: i
         else:
             flat = root
         tree_tokens = flat[tree_idx]  # (n,)
-        mask = torch.cat([prefix[..., :past], tree_block], dim=-1)  # (1, 1, n, past + n)
+        mask = _step_mask(mask_buffers, past, kind, layout, device)  # (1, 1, n, past + n), or one per layer type
         hidden, cache = backbone_forward(model, tree_tokens.unsqueeze(0), attention_mask=mask,
                                          position_ids=depth_pos + past, cache=cache, use_cache=True)
         if internal:
@@ -271,8 +349,11 @@ def medusa_generate(model: MedusaModel, input_ids: torch.Tensor, max_new_tokens:
     """
     buffers, eos = _validate(model, input_ids, max_new_tokens, choices, acceptance, posterior_threshold,
                              posterior_alpha, eos_token_id, temperature)
+    layout = _check_model(model)
+    with torch.no_grad():
+        _check_logits(model, input_ids)
     args = (max_new_tokens, buffers, acceptance, float(temperature), float(posterior_threshold),
-            float(posterior_alpha), eos)
+            float(posterior_alpha), eos, layout)
     with torch.no_grad():
         rows = [_generate_row(model, input_ids[b:b + 1], *args) for b in range(input_ids.shape[0])]
     if len(rows) == 1:

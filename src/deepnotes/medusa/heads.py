@@ -88,10 +88,25 @@ def _output_embeddings(base: nn.Module) -> nn.Module:
 
 def _backbone(base: nn.Module) -> nn.Module:
     backbone = getattr(base, "base_model", None)
-    if backbone is None or backbone is base:
+    if backbone is base:  # base_model_prefix names no attribute (Llama4ForCausalLM): the usual one
+        backbone = getattr(base, "model", None)
+    if not isinstance(backbone, nn.Module) or backbone is base:
         raise ValueError(f"base: expected a transformers *ForCausalLM with a backbone under base_model, "
                          f"got {type(base).__name__}")
     return backbone
+
+
+def _logit_scale(base: nn.Module) -> float:
+    """The factor the base's forward applies to its lm_head output (medusa_generate probes that it matches)."""
+    scale = getattr(base, "logit_scale", None)  # Cohere: logits * logit_scale
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        return float(scale)
+    scaling, name = getattr(base.config, "logits_scaling", None), type(base).__name__
+    if scaling and name.startswith(("Granite", "MiniCPM")):  # logits (MiniCPM3: the bias-free input) / scaling
+        return 1.0 / float(scaling)
+    if scaling and name.startswith("HyperCLOVAX"):  # logits * scaling
+        return float(scaling)
+    return 1.0
 
 
 def _cache_kwarg(backbone: nn.Module) -> str:
@@ -134,6 +149,7 @@ class MedusaModel(nn.Module):
         self.heads = nn.ModuleList(MedusaHead(lm_head, num_layers) for _ in range(num_heads))
         self._cache_name = _cache_kwarg(_backbone(base))
         self._softcap = getattr(base.config, "final_logit_softcapping", None)
+        self._scale = _logit_scale(base)
 
     # --- the pieces -----------------------------------------------------------------------
     @property
@@ -151,6 +167,8 @@ class MedusaModel(nn.Module):
     def base_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) last hidden states -> (..., V) the base model's next-token logits."""
         logits = self.lm_head(hidden)
+        if self._scale != 1.0:  # as the base's own forward does
+            logits = logits * self._scale
         if self._softcap:  # Gemma-2 style final soft-capping, as the base's own forward does
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits

@@ -250,9 +250,10 @@ def measure_verify_cost(model, sizes: Sequence[int], prefix_len: int = 64, repea
     slight upper bound). q = 1 is a plain decode step. Tree shape does not change the dense cost, so a
     chain of q tokens is timed.
     """
-    from .decode import _as_medusa, _tree_step_inputs
+    from .decode import _as_medusa, _check_model, _full_cache, _tree_step_inputs
 
     medusa = _as_medusa(model)
+    layout = _check_model(medusa)
     sizes = [int(q) for q in sizes]
     if not sizes or any(q < 1 for q in sizes):
         raise ValueError(f"sizes: expected tree sizes >= 1, got {sizes}")
@@ -265,7 +266,7 @@ def measure_verify_cost(model, sizes: Sequence[int], prefix_len: int = 64, repea
     prompt = torch.randint(0, V, (1, prefix_len), generator=g).to(device)
     out: dict[int, float] = {}
     with torch.no_grad():
-        _, cache = backbone_forward(medusa, prompt, use_cache=True)
+        _, cache = backbone_forward(medusa, prompt, cache=_full_cache(medusa), use_cache=True)
         for q in sizes:
             buffers = build_tree(chain(q - 1)).to(device)
             ids = torch.randint(0, V, (1, q), generator=g).to(device)
@@ -274,7 +275,7 @@ def measure_verify_cost(model, sizes: Sequence[int], prefix_len: int = 64, repea
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
-                mask, pos = _tree_step_inputs(buffers, prefix_len, medusa, device)
+                mask, pos = _tree_step_inputs(buffers, prefix_len, medusa, device, layout)
                 hidden, _ = backbone_forward(medusa, ids, attention_mask=mask, position_ids=pos, cache=cache,
                                              use_cache=True)
                 medusa.base_logits(hidden)
