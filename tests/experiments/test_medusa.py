@@ -1,7 +1,8 @@
 """Note 12 experiment: tiny-scale wiring (verdicts mean nothing there) and its helpers."""
 import torch
 
-from deepnotes.experiments.medusa import TREE_SIZES, ForwardCounter, continuation_perplexity, setup
+from deepnotes.experiments import medusa as experiment
+from deepnotes.experiments.medusa import SHARED, TREE_SIZES, ForwardCounter, continuation_perplexity, setup
 
 
 def test_tiny_run_is_wired(run_tiny):
@@ -19,6 +20,13 @@ def test_tiny_run_is_wired(run_tiny):
     hits = ctx.artifacts.hits
     setup(ctx.artifacts, "tiny", seed=0, workers=1)  # the same store again: base, draft and heads load
     assert ctx.artifacts.hits >= hits + 3 and ctx.artifacts.trained == 3  # nothing retrains
+    m = setup(ctx.artifacts, "tiny", seed=0, workers=1, shared=True)  # the benchmark's variant: one more head set
+    assert ctx.artifacts.trained == 4 and m["medusa_shared"].shared_projection
+    fns = experiment.methods(m, 6)
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    greedy = fns["greedy"](prompt)[0]
+    for q in TREE_SIZES:
+        assert fns[f"{SHARED} {q} greedy"](prompt)[0] == greedy
 
 
 def test_forward_counter_and_continuation_perplexity():

@@ -79,6 +79,27 @@ def test_trained_like_heads_equal_greedy(kind, attn, tree, spy, one_thread):
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_heads_on_the_shared_lm_head_equal_greedy_and_the_reference_path(kind, one_thread):
+    """MedusaModel(shared_projection=True): random blocks, proposals from one product with the base's lm_head;
+    the output is still the base's greedy tokens, and the fast path equals the reference path."""
+    base, sigma = successor_lm(kind, seed=0, context=150.0 if kind == "llama" else 100.0)
+    model = MedusaModel(base, num_heads=4, shared_projection=True).eval()
+    ids = prompt(5, 48)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for head in model.heads:
+            head.blocks[0].linear.weight.normal_(0, 0.5, generator=g)
+    ref = greedy_reference(base, ids, 40)
+    for tree in (TREES["chain"], MC_SIM_7B_63):
+        result = medusa_generate(model, ids, 40, choices=tree)
+        assert torch.equal(result.tokens, ref)
+        check_accounting(result, 4, 40)
+    kwargs = dict(choices=MC_SIM_7B_63, acceptance="typical", temperature=0.7)
+    fast, slow = medusa_generate(model, ids, 30, **kwargs), medusa_generate_reference(model, ids, 30, **kwargs)
+    assert torch.equal(fast.tokens, slow.tokens) and fast.accepted == slow.accepted
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
 @pytest.mark.parametrize("acceptance, temperature", [("greedy", 0.0), ("typical", 0.7), ("typical", 1.5)])
 def test_fast_path_equals_the_reference_path(kind, acceptance, temperature, one_thread):
     """Cache + tree mask + compaction + leaf-skipping logits == re-running every path from scratch."""

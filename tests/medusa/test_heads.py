@@ -98,3 +98,25 @@ def test_bad_input_raises():
         MedusaModel(llama, num_layers=1.5)
     with pytest.raises(ValueError, match="directory"):
         MedusaModel.from_pretrained("/nonexistent/medusa")
+
+
+def test_shared_projection_heads_feed_the_bases_lm_head(base, tmp_path):
+    model = MedusaModel(base, num_heads=3, num_layers=2, shared_projection=True).eval()
+    assert all(head.proj is None for head in model.heads)
+    assert sum(p.numel() for p in model.heads.parameters()) == 3 * 2 * (32 * 32 + 32)  # blocks only, no V x D copy
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = base(ids).logits
+        for k in range(3):  # identity blocks: every head is the base's next-token predictor
+            torch.testing.assert_close(model(ids).head_logits[k], ref, rtol=0, atol=1e-6)
+        model.heads[1].blocks[0].linear.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+        out = model(ids)
+        h = out.hidden_states
+        torch.testing.assert_close(out.head_logits[1], base.get_output_embeddings()(model.heads[1].blocks(h)),
+                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(model.head_logits(h[0, -1], 2), out.head_logits[:2, 0, -1], rtol=0, atol=1e-6)
+    model.save_pretrained(tmp_path / "m")
+    loaded = MedusaModel.from_pretrained(tmp_path / "m").eval()
+    assert loaded.shared_projection and all(head.proj is None for head in loaded.heads)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).head_logits, out.head_logits, rtol=0, atol=0)

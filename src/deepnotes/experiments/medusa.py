@@ -26,16 +26,18 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
 from .base import Check, Context, NoteExperiment, Result, Table
 from .stats import mean_ci
 
-__all__ = ["Medusa", "SCALE_SETTINGS", "setup", "split_prompts", "step_costs", "methods", "run_methods",
+__all__ = ["Medusa", "SCALE_SETTINGS", "SHARED", "setup", "split_prompts", "step_costs", "methods", "run_methods",
            "continuation_perplexity", "ForwardCounter", "TREE_SIZES", "TYPICAL"]
 
 TREE_SIZES = (16, 32, 64)  # tree tokens, the root included
+SHARED = "medusa-shared"  # the benchmark's methods with MedusaModel(shared_projection=True)
 TYPICAL = {"posterior_threshold": 0.09, "posterior_alpha": 0.3, "temperature": 0.7}
 PROMPT_LOOKUP_TOKENS = 10  # transformers' documented example value; max_matching_ngram_size stays at its 2
 # per scale: the LM preset, the heads' recipe, the prompts and timing
@@ -59,8 +61,10 @@ def _lm_entry(store, scale: str, role: str, seed: int) -> bool:
     return store.hits > hits
 
 
-def setup(store, scale: str, seed: int = 0, workers: int | None = None) -> dict:
+def setup(store, scale: str, seed: int = 0, workers: int | None = None, shared: bool = False) -> dict:
     """Base and draft LMs (deepnotes.lm.trained_lm), heads (trained_medusa), trees: all through `store`.
+    ``shared`` also trains heads on the base's own lm_head (MedusaModel(shared_projection=True)): the
+    benchmark's variant, under the keys medusa_shared, shared_info, rank_shared and trees_shared.
 
     The two LMs are independent: with the store enabled they train side by side, one process per
     core (``workers``; 1: here, one after the other), and are then loaded from the store here.
@@ -87,9 +91,15 @@ def setup(store, scale: str, seed: int = 0, workers: int | None = None) -> dict:
     model, info = trained_medusa(store, base, cfg, train_ids, val_ids)
     rank = torch.tensor(info["val"]["rank"], dtype=torch.float64)
     trees = {size: grow_tree(rank, size - 1) for size in TREE_SIZES}
-    return {"base": base, "draft": draft, "tokenizer": tok, "medusa": model, "heads_info": info, "lm_info": lm_info,
-            "draft_info": draft_info, "trees": trees, "rank": rank, "training": cfg,
-            "seconds": {"lm": t_lm, "heads": time.perf_counter() - t0 - t_lm}}
+    out = {"base": base, "draft": draft, "tokenizer": tok, "medusa": model, "heads_info": info, "lm_info": lm_info,
+           "draft_info": draft_info, "trees": trees, "rank": rank, "training": cfg}
+    if shared:
+        out["medusa_shared"], out["shared_info"] = trained_medusa(store, base, replace(cfg, shared_projection=True),
+                                                                  train_ids, val_ids)
+        out["rank_shared"] = torch.tensor(out["shared_info"]["val"]["rank"], dtype=torch.float64)
+        out["trees_shared"] = {size: grow_tree(out["rank_shared"], size - 1) for size in TREE_SIZES}
+    out["seconds"] = {"lm": t_lm, "heads": time.perf_counter() - t0 - t_lm}
+    return out
 
 
 def split_prompts(tokenizer, split: str, n: int, prompt_tokens: int, max_chars: int = 200_000) -> list[torch.Tensor]:
@@ -132,11 +142,11 @@ def methods(m: dict, new_tokens: int) -> dict:
             return out[0, p.shape[1]:].tolist(), c.calls, None
         return run
 
-    def medusa(size, rule):
+    def medusa(size, rule, heads=model, trees=m["trees"]):
         kw = TYPICAL if rule == "typical" else {}
 
         def run(p):
-            res = medusa_generate(model, p, new_tokens, choices=m["trees"][size], acceptance=rule, **kw)
+            res = medusa_generate(heads, p, new_tokens, choices=trees[size], acceptance=rule, **kw)
             return res.tokens.tolist(), res.steps, res.accepted
         return run
 
@@ -145,6 +155,9 @@ def methods(m: dict, new_tokens: int) -> dict:
     for size in TREE_SIZES:
         for rule in ("greedy", "typical"):
             out[f"medusa {size} {rule}"] = medusa(size, rule)
+    if "medusa_shared" in m:  # setup(shared=True): the heads on the base's lm_head, greedy
+        for size in TREE_SIZES:
+            out[f"{SHARED} {size} greedy"] = medusa(size, "greedy", m["medusa_shared"], m["trees_shared"])
     return out
 
 

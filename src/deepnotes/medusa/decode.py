@@ -254,7 +254,6 @@ def _generate_row(model: MedusaModel, input_ids: torch.Tensor, max_new_tokens: i
     no_token = torch.full((1,), -2, dtype=torch.long, device=device)  # a leaf "predicts" nothing
     mask_buffers = buffers.to(device)
     pad = torch.full_like(retrieve, -1)
-    heads = list(model.heads)[:depth]
     greedy = rule == "greedy" or temperature == 0
 
     hidden, cache = backbone_forward(model, input_ids, cache=_full_cache(model), use_cache=True)  # prefill
@@ -267,7 +266,7 @@ def _generate_row(model: MedusaModel, input_ids: torch.Tensor, max_new_tokens: i
     while True:
         root = z_last.argmax().view(1)
         if depth:
-            proposals = torch.stack([head(h_last[0, 0]) for head in heads])  # (depth, V)
+            proposals = model.head_logits(h_last[0, 0], depth)  # (depth, V)
             flat = torch.cat([root, proposals.topk(topk, dim=-1).indices.reshape(-1)])  # (1 + depth*topk,)
         else:
             flat = root
@@ -383,7 +382,7 @@ def medusa_generate_reference(model: MedusaModel, input_ids: torch.Tensor, max_n
         hidden, _ = backbone_forward(model, input_ids)
         h, z = hidden[0, -1], model.base_logits(hidden[0, -1])
         while True:
-            proposals = [model.heads[k](h).topk(buffers.topk).indices for k in range(buffers.depth)]
+            proposals = list(model.head_logits(h, buffers.depth).topk(buffers.topk).indices)
             flat = torch.cat([z.argmax().view(1)] + proposals)
             tree_tokens = flat[buffers.tree_indices]
             candidates = torch.where(retrieve >= 0, tree_tokens[retrieve.clamp(min=0)], -1)  # (P, L)

@@ -48,24 +48,28 @@ class ResBlock(nn.Module):
 
 
 class MedusaHead(nn.Module):
-    """``num_layers`` ResBlocks, then a vocabulary projection initialised from ``lm_head``."""
+    """``num_layers`` ResBlocks, then a vocabulary projection initialised from ``lm_head``; with
+    ``own_projection=False`` the blocks alone (MedusaModel applies the base's lm_head)."""
 
-    def __init__(self, lm_head: nn.Module, num_layers: int):
+    def __init__(self, lm_head: nn.Module, num_layers: int, own_projection: bool = True):
         super().__init__()
         weight = lm_head.weight
         V, D = weight.shape
         kw = dict(device=weight.device, dtype=weight.dtype)
         self.blocks = nn.Sequential(*[ResBlock(D, **kw) for _ in range(num_layers)])
-        bias = getattr(lm_head, "bias", None)
-        self.proj = nn.Linear(D, V, bias=bias is not None, **kw)
-        with torch.no_grad():
-            self.proj.weight.copy_(weight)
-            if bias is not None:
-                self.proj.bias.copy_(bias)
+        self.proj = None
+        if own_projection:
+            bias = getattr(lm_head, "bias", None)
+            self.proj = nn.Linear(D, V, bias=bias is not None, **kw)
+            with torch.no_grad():
+                self.proj.weight.copy_(weight)
+                if bias is not None:
+                    self.proj.bias.copy_(bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., V) logits."""
-        return self.proj(self.blocks(h))
+        """(..., D) -> (..., V) logits (own projection) or (..., D) features (shared: MedusaModel projects)."""
+        h = self.blocks(h)
+        return h if self.proj is None else self.proj(h)
 
 
 @dataclass
@@ -135,9 +139,12 @@ class MedusaModel(nn.Module):
         base: a transformers causal LM (LlamaForCausalLM, GPT2LMHeadModel, ...) with an lm_head.
         num_heads: K, the number of extra heads; head k predicts token t+k+2.
         num_layers: residual blocks per head (each with its own weights).
+        shared_projection: False (Medusa): each head owns a copy of lm_head; True: the heads' blocks feed
+            the base's own lm_head, so one (K, D) x (D, V) product proposes for all heads and K vocabulary
+            matrices are not read every step (with V >> D these dominate a small model's step).
     """
 
-    def __init__(self, base: nn.Module, num_heads: int = 4, num_layers: int = 1):
+    def __init__(self, base: nn.Module, num_heads: int = 4, num_layers: int = 1, shared_projection: bool = False):
         super().__init__()
         for name, value in (("num_heads", num_heads), ("num_layers", num_layers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -146,7 +153,9 @@ class MedusaModel(nn.Module):
         self.base = base
         self.num_heads = num_heads
         self.num_layers = num_layers
-        self.heads = nn.ModuleList(MedusaHead(lm_head, num_layers) for _ in range(num_heads))
+        self.shared_projection = bool(shared_projection)
+        self.heads = nn.ModuleList(MedusaHead(lm_head, num_layers, own_projection=not shared_projection)
+                                   for _ in range(num_heads))
         self._cache_name = _cache_kwarg(_backbone(base))
         self._softcap = getattr(base.config, "final_logit_softcapping", None)
         self._scale = _logit_scale(base)
@@ -173,9 +182,12 @@ class MedusaModel(nn.Module):
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
-    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) hidden states -> (K, B, T, V) head logits (head k at t predicts token t+k+2)."""
-        return torch.stack([head(hidden) for head in self.heads])
+    def head_logits(self, hidden: torch.Tensor, num: int | None = None) -> torch.Tensor:
+        """(..., D) hidden states -> (K, ..., V) head logits (head k at t predicts token t+k+2); ``num``:
+        the first heads only."""
+        heads = self.heads[:num] if num is not None else self.heads
+        out = torch.stack([head(hidden) for head in heads])
+        return self.base_logits(out) if self.shared_projection else out
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False,
@@ -205,7 +217,8 @@ class MedusaModel(nn.Module):
         self.base.save_pretrained(directory)
         state = {k: v.detach().contiguous().cpu() for k, v in self.heads.state_dict().items()}
         save_file(state, str(directory / HEADS_NAME))
-        config = {"num_heads": self.num_heads, "num_layers": self.num_layers, "format": "deepnotes.medusa/1"}
+        config = {"num_heads": self.num_heads, "num_layers": self.num_layers,
+                  "shared_projection": self.shared_projection, "format": "deepnotes.medusa/1"}
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         return directory
 
@@ -221,7 +234,8 @@ class MedusaModel(nn.Module):
             raise ValueError(f"directory: expected a MedusaModel folder with {CONFIG_NAME}, got {directory}")
         config = json.loads(config_path.read_text())
         base = AutoModelForCausalLM.from_pretrained(directory, **base_kwargs)
-        model = cls(base, num_heads=int(config["num_heads"]), num_layers=int(config["num_layers"]))
+        model = cls(base, num_heads=int(config["num_heads"]), num_layers=int(config["num_layers"]),
+                    shared_projection=bool(config.get("shared_projection", False)))
         state = load_file(str(directory / HEADS_NAME), device=str(model.lm_head.weight.device))
         model.heads.load_state_dict(state)
         return model

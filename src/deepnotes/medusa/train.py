@@ -52,6 +52,7 @@ class MedusaTraining:
 
     num_heads: int = 4  # Medusa heads; head k predicts token t+k+2
     num_layers: int = 1  # ResBlocks per head
+    shared_projection: bool = False  # heads feed the base's lm_head instead of owning a copy (MedusaModel)
     medusa2: bool = False  # False: Medusa-1 (frozen base); True: joint training with the base's LM loss
     steps: int = 300  # optimizer steps
     batch_size: int = 16  # sequences per step
@@ -354,7 +355,8 @@ def trained_medusa(store: ArtifactStore, base: nn.Module, training: MedusaTraini
 
     def build() -> nn.Module:
         owner = copy.deepcopy(base) if training.medusa2 else base
-        holder["model"] = MedusaModel(owner, num_heads=training.num_heads, num_layers=training.num_layers)
+        holder["model"] = MedusaModel(owner, num_heads=training.num_heads, num_layers=training.num_layers,
+                                      shared_projection=training.shared_projection)
         return TiedView(holder["model"]) if training.medusa2 else holder["model"].heads
 
     def train(_module: nn.Module) -> dict:
