@@ -39,6 +39,8 @@ def add_parser(sub) -> None:
     # MedusaTraining's fields, one flag each (defaults: MedusaTraining's own)
     train.add_argument("--heads", dest="num_heads", type=int, default=4)
     train.add_argument("--layers", dest="num_layers", type=int, default=1, help="ResBlocks per head")
+    train.add_argument("--shared-projection", action="store_true",
+                       help="heads feed the base's lm_head instead of owning a copy of it")
     train.add_argument("--medusa2", action="store_true", help="train base and heads jointly (default: Medusa-1)")
     train.add_argument("--steps", type=int, default=300)
     train.add_argument("--batch-size", type=int, default=16)
@@ -154,7 +156,8 @@ def _train(args, console) -> int:
     need = cfg.batch_size * cfg.block_size
     if train_ids.numel() < need and not cfg.self_distill:
         raise UsageError(f"--data gives {train_ids.numel()} tokens, fewer than --batch-size x --block-size = {need}")
-    model = MedusaModel(base, num_heads=cfg.num_heads, num_layers=cfg.num_layers)
+    model = MedusaModel(base, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
+                        shared_projection=cfg.shared_projection)
     console.print(f"training {cfg.num_heads} Medusa heads ({'Medusa-2' if cfg.medusa2 else 'Medusa-1'}"
                   f"{', self-distilled' if cfg.self_distill else ''}) on {train_ids.numel():,} tokens "
                   f"for {cfg.steps} steps")
