@@ -253,6 +253,15 @@ def _generate_row(model: MedusaModel, input_ids: torch.Tensor, max_new_tokens: i
     path_rows = node_row[retrieve_c]  # (P, L) rows of [internal logits; one filler row]
     no_token = torch.full((1,), -2, dtype=torch.long, device=device)  # a leaf "predicts" nothing
     mask_buffers = buffers.to(device)
+    if layout.window is None:  # all-visible cache part built once, in the mask's kind, and sliced per step
+        visible = _as_kind(torch.ones(n, S + max_new_tokens + depth + 1, dtype=torch.bool, device=device), kind)
+        tree_block = _as_kind(mask_buffers.attn_mask, kind)
+
+        def step_mask(past: int) -> torch.Tensor:  # = tree_attention_mask(mask_buffers, past, kind)
+            return torch.cat([visible[:, :past], tree_block], dim=-1).view(1, 1, n, past + n)
+    else:  # the window moves with the cache length
+        def step_mask(past: int):
+            return _step_mask(mask_buffers, past, kind, layout, device)
     pad = torch.full_like(retrieve, -1)
     greedy = rule == "greedy" or temperature == 0
 
@@ -271,7 +280,7 @@ def _generate_row(model: MedusaModel, input_ids: torch.Tensor, max_new_tokens: i
         else:
             flat = root
         tree_tokens = flat[tree_idx]  # (n,)
-        mask = _step_mask(mask_buffers, past, kind, layout, device)  # (1, 1, n, past + n), or one per layer type
+        mask = step_mask(past)  # (1, 1, n, past + n), or one per layer type
         hidden, cache = backbone_forward(model, tree_tokens.unsqueeze(0), attention_mask=mask,
                                          position_ids=depth_pos + past, cache=cache, use_cache=True)
         if internal:
